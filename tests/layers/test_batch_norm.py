@@ -1,0 +1,415 @@
+"""normzoo.layers.BatchNorm on one device, against NumPy and Keras."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from normzoo.layers import BatchNorm, LayerNorm
+
+EPSILON = 1e-3
+
+
+def numpy_batch_norm(x, mean, variance, gamma, beta, axis, epsilon=EPSILON):
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    mean, variance, gamma, beta = (np.reshape(v, shape) for v in (mean, variance, gamma, beta))
+    return gamma * (x - mean) / np.sqrt(variance + epsilon) + beta
+
+
+def numpy_batch_moments(x, axis):
+    axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    x64 = x.astype(np.float64)
+    return x64.mean(axis=axes), x64.var(axis=axes)  # biased variance
+
+
+def built_layer(input_shape, seed=0, **kwargs):
+    """A BatchNorm with random gamma, beta and moving statistics."""
+    layer = BatchNorm(**kwargs)
+    layer.build(input_shape)
+    rng = np.random.default_rng(seed)
+    channels = input_shape[kwargs.get("axis", -1)]
+    layer.gamma.assign(rng.uniform(0.5, 2.0, channels).astype("float32"))
+    layer.beta.assign(rng.normal(size=channels).astype("float32"))
+    layer.moving_mean.assign(rng.normal(size=channels).astype("float32"))
+    layer.moving_variance.assign(rng.uniform(0.5, 3.0, channels).astype("float32"))
+    return layer
+
+
+def variable_values(layer):
+    return {v.path: np.array(v.numpy()) for v in layer.variables}
+
+
+def images(shape=(4, 5, 6, 3), seed=1, loc=1.5, scale=2.0):
+    return np.random.default_rng(seed).normal(loc, scale, shape).astype("float32")
+
+
+@pytest.mark.parametrize("axis, shape", [(-1, (4, 5, 6, 3)), (1, (4, 3, 5, 6)), (-1, (8, 7))])
+def test_training_normalizes_with_biased_batch_statistics_per_feature(axis, shape):
+    x = images(shape)
+    layer = built_layer(shape, axis=axis)
+    expected_mean, expected_variance = numpy_batch_moments(x, axis)
+    expected = numpy_batch_norm(
+        x, expected_mean, expected_variance, layer.gamma.numpy(), layer.beta.numpy(), axis
+    )
+    np.testing.assert_allclose(layer(x, training=True), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("axis, shape", [(-1, (4, 5, 6, 3)), (1, (4, 3, 5, 6))])
+def test_moving_statistics_follow_the_momentum_formula(axis, shape):
+    momentum = 0.9
+    layer = built_layer(shape, axis=axis, momentum=momentum)
+    moving_mean, moving_variance = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+    for step in range(3):
+        x = images(shape, seed=10 + step)
+        layer(x, training=True)
+        mean, variance = numpy_batch_moments(x, axis)
+        moving_mean = momentum * moving_mean + (1 - momentum) * mean
+        moving_variance = momentum * moving_variance + (1 - momentum) * variance
+    np.testing.assert_allclose(layer.moving_mean.numpy(), moving_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), moving_variance, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [False, None])
+@pytest.mark.parametrize("axis, shape", [(-1, (4, 5, 6, 3)), (1, (4, 3, 5, 6))])
+def test_inference_uses_moving_statistics_and_updates_nothing(axis, shape, training):
+    x = images(shape)
+    layer = built_layer(shape, axis=axis)
+    before = variable_values(layer)
+    expected = numpy_batch_norm(
+        x,
+        layer.moving_mean.numpy(),
+        layer.moving_variance.numpy(),
+        layer.gamma.numpy(),
+        layer.beta.numpy(),
+        axis,
+    )
+    np.testing.assert_allclose(layer(x, training=training), expected, atol=1e-5, rtol=1e-5)
+    after = variable_values(layer)
+    for path in before:
+        np.testing.assert_array_equal(after[path], before[path])
+
+
+def test_inference_output_of_a_sample_is_independent_of_batch_composition():
+    """Article 002: in inference, near-copies of one image in a batch must get
+    the prediction they get inside a shuffled batch of varied images."""
+    shape = (8, 5, 5, 3)
+    layer = built_layer(shape)
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(1, 5, 5, 3)).astype("float32")
+    near_copies = base + 1e-3 * rng.normal(size=shape).astype("float32")
+    varied = rng.normal(size=shape).astype("float32") * 3
+    varied[5] = near_copies[2]
+    permutation = rng.permutation(8)
+    out_copies = np.asarray(layer(near_copies, training=False))
+    out_varied = np.asarray(layer(varied[permutation], training=False))
+    position = int(np.where(permutation == 5)[0][0])
+    np.testing.assert_array_equal(out_copies[2], out_varied[position])
+    # The same comparison in training mode differs: that is what inference
+    # mode exists to prevent.
+    train_copies = np.asarray(layer(near_copies, training=True))
+    train_varied = np.asarray(layer(varied[permutation], training=True))
+    assert np.abs(train_copies[2] - train_varied[position]).max() > 0.1
+
+
+def test_trainable_false_runs_in_inference_mode_and_updates_nothing():
+    shape = (4, 5, 5, 3)
+    x = images(shape)
+    layer = built_layer(shape)
+    inference = np.asarray(layer(x, training=False))
+    layer.trainable = False
+    before = variable_values(layer)
+    np.testing.assert_array_equal(layer(x, training=True), inference)
+    assert not layer.trainable_variables
+    for path, value in variable_values(layer).items():
+        np.testing.assert_array_equal(value, before[path])
+
+
+@pytest.mark.parametrize("axis, shape", [(-1, (4, 5, 5, 3)), (1, (4, 3, 5, 5))])
+def test_frozen_stats_uses_moving_statistics_in_training_and_gradient_is_the_affine_maps(
+    axis, shape
+):
+    x = images(shape)
+    layer = built_layer(shape, axis=axis, frozen_stats=True)
+    before = variable_values(layer)
+    upstream = images(shape, seed=7)
+    x_tensor = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x_tensor)
+        y = layer(x_tensor, training=True)
+        loss = tf.reduce_sum(y * upstream)
+    grad_x, grad_gamma, grad_beta = tape.gradient(loss, [x_tensor, layer.gamma, layer.beta])
+
+    gamma, beta = layer.gamma.numpy(), layer.beta.numpy()
+    mean, variance = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+    np.testing.assert_allclose(
+        y, numpy_batch_norm(x, mean, variance, gamma, beta, axis), atol=1e-5, rtol=1e-5
+    )
+    bshape = [1] * x.ndim
+    bshape[axis] = -1
+    normalized = (x - mean.reshape(bshape)) / np.sqrt(variance.reshape(bshape) + EPSILON)
+    reduce_axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    np.testing.assert_allclose(grad_gamma, (upstream * normalized).sum(reduce_axes), rtol=1e-4)
+    np.testing.assert_allclose(grad_beta, upstream.sum(reduce_axes), rtol=1e-4)
+    np.testing.assert_allclose(
+        grad_x, upstream * (gamma / np.sqrt(variance + EPSILON)).reshape(bshape), rtol=1e-5
+    )
+    for path, value in variable_values(layer).items():
+        np.testing.assert_array_equal(value, before[path])
+
+
+def small_conv_model(batch_norm_factory, input_shape=(8, 8, 3), classes=4):
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(6, 3, padding="same", use_bias=False)(inputs)
+    x = batch_norm_factory()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(classes)(x)
+    return keras.Model(inputs, outputs)
+
+
+def classification_data(n=32, input_shape=(8, 8, 3), classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(2.0, 3.0, (n,) + input_shape).astype("float32")
+    y = rng.integers(0, classes, n)
+    return x, y
+
+
+def test_frozen_stats_keeps_statistics_bit_identical_through_fit_while_gamma_beta_learn():
+    keras.utils.set_random_seed(0)
+    model = small_conv_model(lambda: BatchNorm(name="bn"))
+    x, y = classification_data()
+    # Pretraining gives the statistics non-initial values.
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    bn = model.get_layer("bn")
+    bn.frozen_stats = True  # settable after construction; recompile as with `trainable`
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    mean, variance = np.array(bn.moving_mean.numpy()), np.array(bn.moving_variance.numpy())
+    gamma, beta = np.array(bn.gamma.numpy()), np.array(bn.beta.numpy())
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), mean)
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), variance)
+    assert np.abs(bn.gamma.numpy() - gamma).max() > 1e-4
+    assert np.abs(bn.beta.numpy() - beta).max() > 1e-4
+
+
+def test_variance_is_accurate_and_non_negative_when_mean_dwarfs_std():
+    rng = np.random.default_rng(0)
+    x = (1e4 + 1e-2 * rng.normal(size=(64, 4, 4, 3))).astype("float32")
+    layer = BatchNorm(momentum=0.0)  # moving variance becomes the batch variance
+    layer(x, training=True)
+    _, expected = numpy_batch_moments(x, -1)
+    got = layer.moving_variance.numpy()
+    assert (got >= 0).all()
+    np.testing.assert_allclose(got, expected, rtol=0.01)
+    # The normalized output has unit variance per channel, as it should.
+    y = np.asarray(BatchNorm(epsilon=1e-12)(x, training=True))
+    np.testing.assert_allclose(y.std(axis=(0, 1, 2)), 1.0, rtol=0.01)
+
+
+def test_non_finite_batch_statistic_never_enters_the_moving_averages():
+    shape = (4, 3, 3, 3)
+    layer = built_layer(shape, momentum=0.5)
+    before_mean, before_variance = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+    x = images(shape)
+    x[1, 2, 0, 0] = np.nan
+    x[0, 0, 1, 2] = np.inf
+    layer(x, training=True)
+    mean, variance = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+    assert np.isfinite(mean).all() and np.isfinite(variance).all()
+    np.testing.assert_array_equal(mean[[0, 2]], before_mean[[0, 2]])
+    np.testing.assert_array_equal(variance[[0, 2]], before_variance[[0, 2]])
+    with np.errstate(invalid="ignore"):  # inf - inf in the poisoned channels
+        batch_mean, batch_variance = numpy_batch_moments(x, -1)
+    np.testing.assert_allclose(mean[1], 0.5 * before_mean[1] + 0.5 * batch_mean[1], rtol=1e-5)
+    np.testing.assert_allclose(
+        variance[1], 0.5 * before_variance[1] + 0.5 * batch_variance[1], rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("policy, compute_dtype", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
+def test_mixed_precision_keeps_float32_variables_and_outputs_compute_dtype(policy, compute_dtype):
+    shape = (4, 5, 5, 3)
+    x = images(shape)
+    reference = built_layer(shape)
+    layer = BatchNorm(dtype=policy)
+    layer.build(shape)
+    layer.set_weights(reference.get_weights())
+    for variable in layer.variables:
+        assert variable.dtype == "float32", variable.path
+    for training in (True, False):
+        y = layer(x.astype(compute_dtype), training=training)
+        assert y.dtype == compute_dtype
+        # The float32 layer on the same (rounded) input: only the output's
+        # final rounding to the compute dtype differs.
+        expected = reference(x.astype(compute_dtype).astype("float32"), training=training)
+        tolerance = 1e-2 if compute_dtype == "float16" else 5e-2
+        np.testing.assert_allclose(
+            np.asarray(y, dtype="float32"), expected, atol=tolerance, rtol=tolerance
+        )
+    np.testing.assert_allclose(layer.moving_mean.numpy(), reference.moving_mean.numpy(), rtol=1e-6)
+
+
+def test_matches_keras_batch_normalization_where_they_coincide():
+    shape = (6, 4, 4, 5)
+    x = images(shape)
+    ours = built_layer(shape, momentum=0.8)
+    theirs = keras.layers.BatchNormalization(momentum=0.8)
+    theirs.build(shape)
+    theirs.set_weights(ours.get_weights())
+    for training in (True, False, True):
+        np.testing.assert_allclose(
+            ours(x, training=training), theirs(x, training=training), atol=1e-5, rtol=1e-5
+        )
+    for mine, keras_weight in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(mine, keras_weight, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [0.1, 10.0])
+def test_output_is_invariant_to_weight_scale_and_gradient_scales_inversely(scale):
+    """Article 000: BN(a*W*x) == BN(W*x), and dL/dW at a*W is dL/dW at W over a."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(16, 5)).astype("float32"))
+    kernel = rng.normal(size=(5, 4)).astype("float32")
+    upstream = tf.constant(rng.normal(size=(16, 4)).astype("float32"))
+    def output_and_grad(weight):
+        weight = tf.Variable(weight)
+        layer = BatchNorm(epsilon=1e-9)
+        with tf.GradientTape() as tape:
+            y = layer(tf.matmul(x, weight), training=True)
+            loss = tf.reduce_sum(y * upstream)
+        return y.numpy(), tape.gradient(loss, weight).numpy()
+
+    y_ref, grad_ref = output_and_grad(kernel)
+    y_scaled, grad_scaled = output_and_grad(scale * kernel)
+    np.testing.assert_allclose(y_scaled, y_ref, atol=1e-4)
+    np.testing.assert_allclose(grad_scaled, grad_ref / scale, rtol=1e-3, atol=1e-5 / scale)
+
+
+def test_conv_output_is_invariant_to_kernel_scale_and_gradient_scales_inversely():
+    """Article 000 for a convolution, with per-channel statistics."""
+    scale = 7.0
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(4, 6, 6, 2)).astype("float32"))
+    kernel = rng.normal(size=(3, 3, 2, 3)).astype("float32")
+    upstream = tf.constant(rng.normal(size=(4, 6, 6, 3)).astype("float32"))
+
+    def output_and_grad(weight):
+        weight = tf.Variable(weight)
+        layer = BatchNorm(epsilon=1e-9)
+        with tf.GradientTape() as tape:
+            y = layer(tf.nn.conv2d(x, weight, 1, "SAME"), training=True)
+            loss = tf.reduce_sum(y * upstream)
+        return y.numpy(), tape.gradient(loss, weight).numpy()
+
+    y_ref, grad_ref = output_and_grad(kernel)
+    y_scaled, grad_scaled = output_and_grad(scale * kernel)
+    np.testing.assert_allclose(y_scaled, y_ref, atol=1e-4)
+    np.testing.assert_allclose(grad_scaled, grad_ref / scale, rtol=1e-3, atol=1e-5)
+
+
+def test_training_output_depends_on_batch_but_layer_norm_does_not():
+    """Article 003: BN (training) mixes samples of a batch; LN never does."""
+    shape = (6, 4, 4, 3)
+    x = images(shape)
+    other = x.copy()
+    other[1:] = images((5, 4, 4, 3), seed=9)
+    bn = built_layer(shape)
+    bn_a = np.asarray(bn(x, training=True))[0]
+    bn_b = np.asarray(bn(other, training=True))[0]
+    assert np.abs(bn_a - bn_b).max() > 0.1
+    ln = LayerNorm(axis=(1, 2, 3))
+    np.testing.assert_array_equal(np.asarray(ln(x))[0], np.asarray(ln(other))[0])
+
+
+def _one_sgd_step(model, x, y):
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    for variable, grad in zip(model.trainable_variables, grads):
+        variable.assign_sub(0.1 * grad)
+    return loss
+
+
+def test_xla_training_step_equals_eager_step():
+    keras.utils.set_random_seed(0)
+    eager_model = small_conv_model(lambda: BatchNorm(momentum=0.5))
+    xla_model = small_conv_model(lambda: BatchNorm(momentum=0.5))
+    xla_model.set_weights(eager_model.get_weights())
+    x, y = classification_data(n=8)
+    compiled_step = tf.function(_one_sgd_step, jit_compile=True)
+    for _ in range(2):
+        eager_loss = _one_sgd_step(eager_model, x, y)
+        xla_loss = compiled_step(xla_model, tf.constant(x), tf.constant(y))
+        np.testing.assert_allclose(xla_loss, eager_loss, atol=1e-5, rtol=1e-5)
+    # The whole step, convolution and batch statistics included, is one XLA
+    # computation (this raises if the function cannot be compiled).
+    hlo = compiled_step.experimental_get_compiler_ir(xla_model, tf.constant(x), tf.constant(y))(
+        stage="hlo"
+    )
+    assert "convolution" in hlo and "rsqrt" in hlo
+    for eager_weight, xla_weight in zip(eager_model.get_weights(), xla_model.get_weights()):
+        np.testing.assert_allclose(xla_weight, eager_weight, atol=1e-5, rtol=1e-5)
+
+
+def test_keras_file_round_trip_reproduces_outputs_in_training_and_inference(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = small_conv_model(lambda: BatchNorm(momentum=0.7, frozen_stats=False, name="bn"))
+    x, y = classification_data(n=8)
+    _one_sgd_step(model, x, y)  # non-initial weights and statistics
+    model.get_layer("bn").frozen_stats = True
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)  # no custom_objects
+    assert isinstance(loaded.get_layer("bn"), BatchNorm)
+    assert loaded.get_layer("bn").get_config() == model.get_layer("bn").get_config()
+    assert loaded.get_layer("bn").frozen_stats is True
+    for original, restored in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(restored, original)
+    np.testing.assert_array_equal(loaded(x, training=False), model(x, training=False))
+    model.get_layer("bn").frozen_stats = False
+    loaded.get_layer("bn").frozen_stats = False
+    np.testing.assert_array_equal(loaded(x, training=True), model(x, training=True))
+    np.testing.assert_array_equal(
+        loaded.get_layer("bn").moving_mean.numpy(), model.get_layer("bn").moving_mean.numpy()
+    )
+
+
+def test_get_config_lists_every_argument_and_rebuilds_the_same_layer():
+    layer = BatchNorm(
+        axis=1,
+        momentum=0.9,
+        epsilon=1e-5,
+        center=False,
+        scale=True,
+        synchronized=True,
+        frozen_stats=True,
+        gamma_initializer="zeros",
+        gamma_regularizer="l2",
+        beta_constraint="non_neg",
+        name="custom",
+    )
+    config = layer.get_config()
+    clone = BatchNorm.from_config(config)
+    assert clone.get_config() == config
+    for argument in ("axis", "momentum", "epsilon", "center", "scale", "synchronized", "frozen_stats"):
+        assert getattr(clone, argument) == getattr(layer, argument)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"axis": (1, 2)}, "axis"), ({"momentum": 1.5}, "momentum"), ({"epsilon": 0.0}, "epsilon")],
+)
+def test_invalid_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        BatchNorm(**kwargs)
+
+
+def test_axis_out_of_range_names_the_axis_and_rank():
+    with pytest.raises(ValueError, match="out of range"):
+        BatchNorm(axis=4).build((2, 3, 3, 3))
