@@ -1,10 +1,11 @@
 """Global-batch moments under tf.distribute (TensorFlow-only).
 
 Synchronized BatchNorm needs the mean and variance of the global batch. Each
-replica reduces its own shard to (count, mean, M2) per channel, where M2 is the
-sum of squared deviations from the shard's own mean, and a single collective
-(an all-gather of that small vector) gives every replica every shard's triple.
-They are combined with Chan et al.'s parallel formula:
+replica reduces its own shard to (count, shift, residual, M2) per channel
+(`normzoo.layers._statistics.shifted_moments`: the mean is shift + residual,
+M2 the sum of squared deviations from it), and a single collective (an
+all-gather of that small vector) gives every replica every shard's
+statistics. They are combined with Chan et al.'s parallel formula:
 
     mean = sum_r n_r * mean_r / N
     M2   = sum_r M2_r + sum_r n_r * (mean_r - mean)^2
@@ -18,7 +19,7 @@ flow to every replica's inputs.
 
 import tensorflow as tf
 
-from normzoo.layers._statistics import two_pass_moments
+from normzoo.layers._statistics import shifted_moments
 
 
 def sync_replica_context():
@@ -44,25 +45,35 @@ def _gather(context, value):
 
 
 def global_moments(x, axes, context):
-    """Mean and biased variance of the global batch over `axes` (keepdims).
+    """`(mean, variance, centered)` of the global batch over `axes` (keepdims),
+    where `centered` = x - mean for this replica's shard `x`.
 
-    `x` is this replica's shard; shards may differ in size (each contributes
-    in proportion to its element count, an empty shard contributes nothing).
+    Shards may differ in size (each contributes in proportion to its element
+    count; an empty shard contributes nothing).
     """
-    local_mean, local_variance = two_pass_moments(x, axes)
-    stat_shape = tf.shape(local_mean)
-    count = tf.cast(tf.size(x) // tf.maximum(tf.size(local_mean), 1), x.dtype)
+    shift, deviation, residual, variance = shifted_moments(x, axes)
+    count = tf.cast(tf.size(x) // tf.maximum(tf.size(residual), 1), x.dtype)
+    stat_shape = tf.shape(residual)
     # An empty shard has NaN moments; weight zero must not turn them into 0*NaN.
-    local_mean = tf.where(count > 0, local_mean, tf.zeros_like(local_mean))
-    local_variance = tf.where(count > 0, local_variance, tf.zeros_like(local_variance))
+    shift, residual, m2 = (
+        tf.where(count > 0, t, tf.zeros_like(t)) for t in (shift, residual, count * variance)
+    )
     packed = tf.concat(
-        [tf.reshape(count, [1]), tf.reshape(local_mean, [-1]), tf.reshape(local_variance * count, [-1])],
-        axis=0,
+        [tf.reshape(count, [1])] + [tf.reshape(t, [-1]) for t in (shift, residual, m2)], axis=0
     )
     gathered = _gather(context, packed[tf.newaxis])
     counts = gathered[:, :1]
-    means, m2s = tf.split(gathered[:, 1:], 2, axis=1)
+    shifts, residuals, m2s = tf.split(gathered[:, 1:], 3, axis=1)
     total = tf.reduce_sum(counts)
-    mean = tf.reduce_sum(counts * means, axis=0) / total
-    m2 = tf.reduce_sum(m2s, axis=0) + tf.reduce_sum(counts * tf.square(means - mean), axis=0)
-    return tf.reshape(mean, stat_shape), tf.reshape(m2 / total, stat_shape)
+    # Combine in offsets from one reference near every shard's mean: the
+    # shifts then subtract exactly, and neither the mean nor M2 adds terms of
+    # size |mean| whose float32 rounding would swamp a small variance.
+    reference = tf.reduce_sum(counts * shifts, axis=0) / total
+    offsets = (shifts - reference) + residuals
+    offset = tf.reduce_sum(counts * offsets, axis=0) / total
+    m2 = tf.reduce_sum(m2s, axis=0) + tf.reduce_sum(counts * tf.square(offsets - offset), axis=0)
+    mean = tf.reshape(reference + offset, stat_shape)
+    # x - mean = (x - shift) + (shift - reference) - offset, all small terms.
+    shift_from_reference = shift - tf.reshape(reference, stat_shape)
+    centered = deviation + shift_from_reference - tf.reshape(offset, stat_shape)
+    return mean, tf.reshape(m2 / total, stat_shape), centered

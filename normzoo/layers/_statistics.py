@@ -41,16 +41,35 @@ def broadcast_shape(input_shape, kept_axes):
     return [input_shape[a] if a in kept_axes else 1 for a in range(len(input_shape))]
 
 
-def two_pass_moments(x, axes):
-    """Mean and biased variance of `x` over `axes`, keeping dims.
+def shifted_moments(x, axes):
+    """Moments of `x` over `axes` (keepdims) by the shifted-data algorithm.
 
-    The variance is the mean squared deviation from the mean (two passes), not
-    E[x^2] - E[x]^2, which cancels catastrophically when |mean| >> std and can
-    come out negative. The deviation is taken from the mean with its gradient
-    stopped: the derivative of sum((x - m)^2) with respect to m is zero at the
-    mean, so the gradient is unchanged and the backward pass is cheaper.
+    Returns `(shift, deviation, residual, variance)`: `shift` is one element
+    of `x` per output position (the first along `axes`, no gradient),
+    `deviation` = x - shift, `residual` = mean(deviation), so that the mean is
+    shift + residual, and the biased variance mean(deviation^2) - residual^2.
+
+    Summing raw values (E[x^2] - E[x]^2) cancels catastrophically when
+    |mean| >> std, and even a two-pass variance inherits the rounding of a
+    float32 mean of large values (one ulp of 1e4 is 1e-3). Deviations from
+    an element of the data are of the order of the std, so their sums stay
+    accurate, and no term of the size of |mean| is ever rounded. The
+    gradient is exact: d mean/dx = 1/n and d variance/dx = 2 (x - mean)/n.
     """
-    mean = ops.mean(x, axis=axes, keepdims=True)
-    deviation = x - ops.stop_gradient(mean)
-    variance = ops.mean(ops.square(deviation), axis=axes, keepdims=True)
-    return mean, variance
+    first = tuple(slice(0, 1) if a in axes else slice(None) for a in range(len(x.shape)))
+    # The mean of a single element is that element; it also gives an empty
+    # batch a shift of the statistics' shape (NaN) instead of an empty one.
+    shift = ops.stop_gradient(ops.mean(x[first], axis=axes, keepdims=True))
+    deviation = x - shift
+    residual = ops.mean(deviation, axis=axes, keepdims=True)
+    mean_square = ops.mean(ops.square(deviation), axis=axes, keepdims=True)
+    variance = ops.maximum(mean_square - ops.square(residual), 0.0)
+    return shift, deviation, residual, variance
+
+
+def moments(x, axes):
+    """`(mean, variance, centered)` of `x` over `axes` (keepdims), where
+    `centered` = x - mean, computed without rounding `mean` first; see
+    `shifted_moments`."""
+    shift, deviation, residual, variance = shifted_moments(x, axes)
+    return shift + residual, variance, deviation - residual

@@ -8,7 +8,7 @@ from normzoo.layers._statistics import (
     broadcast_shape,
     normalize_axes,
     statistics_dtype,
-    two_pass_moments,
+    moments,
 )
 
 
@@ -202,7 +202,7 @@ class BatchNorm(keras.layers.Layer):
             context = _distributed_moments.sync_replica_context()
         if context is not None:
             return _distributed_moments.global_moments(x, self._reduction_axes, context)
-        return two_pass_moments(x, self._reduction_axes)
+        return moments(x, self._reduction_axes)
 
     def _update_moving_statistics(self, mean, variance):
         mean = ops.reshape(mean, (-1,))
@@ -216,17 +216,17 @@ class BatchNorm(keras.layers.Layer):
         dtype = self.moving_mean.dtype
         x = ops.cast(inputs, dtype)
         if training and self.trainable and not self.frozen_stats:
-            mean, variance = self._batch_moments(x)
+            mean, variance, centered = self._batch_moments(x)
             self._update_moving_statistics(mean, variance)
         else:
-            mean = self._reshape(self.moving_mean)
             variance = self._reshape(self.moving_variance)
+            centered = x - self._reshape(self.moving_mean)
         # (x - mean) * scale, not x * scale - mean * scale: the latter loses
         # the signal to rounding when |mean| >> std.
         inverse_std = ops.rsqrt(variance + self.epsilon)
         if self.scale:
             inverse_std = inverse_std * self._reshape(self.gamma)
-        outputs = (x - mean) * inverse_std
+        outputs = centered * inverse_std
         if self.center:
             outputs = outputs + self._reshape(self.beta)
         return ops.cast(outputs, self.compute_dtype)

@@ -7,7 +7,7 @@ from normzoo.layers._statistics import (
     broadcast_shape,
     normalize_axes,
     statistics_dtype,
-    two_pass_moments,
+    moments,
 )
 
 
@@ -135,8 +135,8 @@ class LayerNorm(keras.layers.Layer):
 
     def call(self, inputs):
         x = ops.cast(inputs, self._statistics_dtype)
-        mean, variance = two_pass_moments(x, self._axes)
-        outputs = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        _, variance, centered = moments(x, self._axes)
+        outputs = centered * ops.rsqrt(variance + self.epsilon)
         if self.scale:
             outputs = outputs * ops.reshape(self.gamma, self._param_broadcast_shape)
         if self.center:

@@ -197,18 +197,21 @@ def test_frozen_stats_keeps_statistics_bit_identical_through_fit_while_gamma_bet
     assert np.abs(bn.beta.numpy() - beta).max() > 1e-4
 
 
-def test_variance_is_accurate_and_non_negative_when_mean_dwarfs_std():
-    rng = np.random.default_rng(0)
-    x = (1e4 + 1e-2 * rng.normal(size=(64, 4, 4, 3))).astype("float32")
-    layer = BatchNorm(momentum=0.0)  # moving variance becomes the batch variance
-    layer(x, training=True)
-    _, expected = numpy_batch_moments(x, -1)
-    got = layer.moving_variance.numpy()
-    assert (got >= 0).all()
-    np.testing.assert_allclose(got, expected, rtol=0.01)
-    # The normalized output has unit variance per channel, as it should.
-    y = np.asarray(BatchNorm(epsilon=1e-12)(x, training=True))
-    np.testing.assert_allclose(y.std(axis=(0, 1, 2)), 1.0, rtol=0.01)
+@pytest.mark.parametrize("shape", [(64, 4, 4, 3), (32, 2, 2, 3)])
+def test_variance_is_accurate_and_non_negative_when_mean_dwarfs_std(shape):
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        x = (1e4 + 1e-2 * rng.normal(size=shape)).astype("float32")
+        layer = BatchNorm(momentum=0.0)  # moving variance becomes the batch variance
+        layer(x, training=True)
+        _, expected = numpy_batch_moments(x, -1)
+        got = layer.moving_variance.numpy()
+        assert (got >= 0).all()
+        np.testing.assert_allclose(got, expected, rtol=0.01, err_msg=f"seed {seed}")
+        # The normalized output has unit variance and zero mean per channel.
+        y = np.asarray(BatchNorm(epsilon=1e-12)(x, training=True), np.float64)
+        np.testing.assert_allclose(y.std(axis=(0, 1, 2)), 1.0, rtol=0.01, err_msg=f"seed {seed}")
+        np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=0.01, err_msg=f"seed {seed}")
 
 
 def test_non_finite_batch_statistic_never_enters_the_moving_averages():

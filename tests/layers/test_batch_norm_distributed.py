@@ -1,0 +1,516 @@
+"""`normzoo.layers.BatchNorm` under tf.distribute.
+
+MirroredStrategy runs on the two logical CPU devices that tests/conftest.py
+configures. Every claim is checked against an independent reference: the same
+model and weights run on one device on the concatenated global batch, or a
+NumPy (float64) formula applied to each replica's shard.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+from normzoo.layers import BatchNorm
+
+DEVICES = ["/cpu:0", "/cpu:1"]
+TOLERANCE = 1e-5
+MOMENTUM = 0.9
+EPSILON = 1e-3
+
+
+@pytest.fixture(scope="module")
+def strategy():
+    return tf.distribute.MirroredStrategy(DEVICES)
+
+
+def distribute(strategy, shards):
+    """Gives replica `r` the tensor `shards[r]` (shards may differ in size)."""
+    return strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(shards[context.replica_id_in_sync_group])
+    )
+
+
+def local_results(strategy, per_replica):
+    return [value.numpy() for value in strategy.experimental_local_results(per_replica)]
+
+
+def replica_copies(variable):
+    """The value each replica holds of an on-read or mirrored variable."""
+    return [component.numpy() for component in variable.value.values]
+
+
+def numpy_moments(x, feature_axis):
+    """Mean and biased variance per feature, in float64."""
+    x = np.asarray(x, np.float64)
+    axes = tuple(a for a in range(x.ndim) if a != feature_axis % x.ndim)
+    return x.mean(axis=axes), x.var(axis=axes)
+
+
+def numpy_normalize(x, feature_axis, mean, variance):
+    shape = [1] * x.ndim
+    shape[feature_axis] = -1
+    return (x - mean.reshape(shape)) / np.sqrt(variance.reshape(shape) + EPSILON)
+
+
+def shifted_shards(sizes, feature_shape, seed):
+    """One float32 shard per replica, each with a different mean and scale, so
+    that per-replica, unweighted and global statistics all differ."""
+    rng = np.random.default_rng(seed)
+    return [
+        rng.normal(loc=3.0 * r - 1.0, scale=1.0 + 2.0 * r, size=(size, *feature_shape)).astype(
+            np.float32
+        )
+        for r, size in enumerate(sizes)
+    ]
+
+
+# --- synchronized=True: equal to one device on the concatenated batch -------
+
+
+def conv_bn_model(data_format):
+    """Conv2D -> synchronized BatchNorm. The CPU convolution only supports
+    NHWC, so the NCHW variant permutes the conv output to NCHW and normalizes
+    over axis 1."""
+    inputs = keras.Input((4, 4, 2))
+    x = keras.layers.Conv2D(
+        3,
+        3,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=1),
+    )(inputs)
+    axis = -1
+    if data_format == "channels_first":
+        x = keras.layers.Permute((3, 1, 2))(x)
+        axis = 1
+    outputs = BatchNorm(
+        axis=axis,
+        momentum=MOMENTUM,
+        epsilon=EPSILON,
+        synchronized=True,
+        gamma_initializer=keras.initializers.RandomUniform(0.5, 1.5, seed=2),
+        beta_initializer=keras.initializers.RandomNormal(seed=3),
+        moving_mean_initializer=keras.initializers.RandomNormal(seed=4),
+        moving_variance_initializer=keras.initializers.RandomUniform(0.5, 2.0, seed=5),
+    )(x)
+    return keras.Model(inputs, outputs)
+
+
+def squared_error(outputs, targets, global_batch_size):
+    # Each sample's mean squared error, summed over this replica's shard and
+    # divided by the global batch size: the replicas' losses then sum to the
+    # single-device loss. (A per-sample mean keeps the gradients O(1), so the
+    # absolute tolerance measures more than float32 rounding of large sums.)
+    per_sample = tf.reduce_mean(tf.square(outputs - targets), axis=[1, 2, 3])
+    return tf.reduce_sum(per_sample) / global_batch_size
+
+
+def single_device_step(model, inputs, targets):
+    inputs = tf.constant(inputs)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = model(inputs, training=True)
+        loss = squared_error(outputs, targets, len(inputs))
+    gradients = tape.gradient(loss, [inputs, *model.trainable_variables])
+    return outputs.numpy(), gradients[0].numpy(), [g.numpy() for g in gradients[1:]]
+
+
+def distributed_step(strategy, model, input_shards, target_shards):
+    """One training step as a custom loop: `strategy.run` in a tf.function,
+    weight gradients summed over replicas, input gradients kept per replica."""
+    global_batch_size = sum(len(shard) for shard in input_shards)
+
+    def replica_step(inputs, targets):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = model(inputs, training=True)
+            loss = squared_error(outputs, targets, global_batch_size)
+        gradients = tape.gradient(loss, [inputs, *model.trainable_variables])
+        return outputs, gradients[0], gradients[1:]
+
+    @tf.function
+    def step(inputs, targets):
+        outputs, input_gradients, weight_gradients = strategy.run(
+            replica_step, args=(inputs, targets)
+        )
+        weight_gradients = [
+            strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in weight_gradients
+        ]
+        return outputs, input_gradients, weight_gradients
+
+    outputs, input_gradients, weight_gradients = step(
+        distribute(strategy, input_shards), distribute(strategy, target_shards)
+    )
+    return (
+        np.concatenate(local_results(strategy, outputs)),
+        np.concatenate(local_results(strategy, input_gradients)),
+        [g.numpy() for g in weight_gradients],
+    )
+
+
+@pytest.mark.parametrize(
+    "data_format, shard_sizes",
+    [
+        ("channels_last", (4, 4)),
+        ("channels_first", (4, 4)),
+        ("channels_last", (3, 5)),
+    ],
+)
+def test_sync_bn_step_equals_single_device_on_concatenated_batch(
+    strategy, data_format, shard_sizes
+):
+    """Output, gradients (inputs, conv kernel, gamma, beta) and the updated
+    moving statistics of one synchronized step on 2 replicas equal one
+    single-device step on the concatenated batch; also with unequal shards."""
+    input_shards = shifted_shards(shard_sizes, (4, 4, 2), seed=10)
+    output_shape = (4, 4, 3) if data_format == "channels_last" else (3, 4, 4)
+    target_shards = [
+        np.random.default_rng(11 + r).normal(size=(size, *output_shape)).astype(np.float32)
+        for r, size in enumerate(shard_sizes)
+    ]
+    with strategy.scope():
+        distributed = conv_bn_model(data_format)
+    reference = conv_bn_model(data_format)
+    reference.set_weights(distributed.get_weights())
+
+    outputs, input_gradients, weight_gradients = distributed_step(
+        strategy, distributed, input_shards, target_shards
+    )
+    expected_outputs, expected_input_gradients, expected_weight_gradients = single_device_step(
+        reference, np.concatenate(input_shards), np.concatenate(target_shards)
+    )
+
+    np.testing.assert_allclose(outputs, expected_outputs, atol=TOLERANCE)
+    np.testing.assert_allclose(input_gradients, expected_input_gradients, atol=TOLERANCE)
+    names = [v.path for v in reference.trainable_variables]
+    assert len(weight_gradients) == len(expected_weight_gradients) == 3, names
+    for name, gradient, expected in zip(names, weight_gradients, expected_weight_gradients):
+        assert np.abs(expected).max() > 1e-3, f"{name}: the reference gradient is ~0"
+        np.testing.assert_allclose(gradient, expected, atol=TOLERANCE, err_msg=name)
+
+    layer, reference_layer = distributed.layers[-1], reference.layers[-1]
+    for name in ("moving_mean", "moving_variance"):
+        expected = getattr(reference_layer, name).numpy()
+        np.testing.assert_allclose(getattr(layer, name).numpy(), expected, atol=TOLERANCE)
+        for copy in replica_copies(getattr(layer, name)):
+            np.testing.assert_allclose(copy, expected, atol=TOLERANCE, err_msg=name)
+
+
+def run_in_training_mode(strategy, layer, shards):
+    """Calls `layer` (built in the strategy's scope) on replica r's shard r."""
+
+    @tf.function
+    def step(inputs):
+        return strategy.run(lambda x: layer(x, training=True), args=(inputs,))
+
+    return local_results(strategy, step(distribute(strategy, shards)))
+
+
+def test_sync_bn_weights_unequal_shards_by_count(strategy):
+    """With 3 and 5 samples on the two replicas, the batch statistics are those
+    of the 8 concatenated samples (NumPy), not an average of shard statistics."""
+    shards = shifted_shards((3, 5), (2, 2, 3), seed=20)
+    mean, variance = numpy_moments(np.concatenate(shards), -1)
+    shard_means = [numpy_moments(shard, -1)[0] for shard in shards]
+    # The test could not tell weighting by count from an unweighted average
+    # of the shard means if these agreed.
+    assert np.abs(np.mean(shard_means, axis=0) - mean).min() > 0.1
+
+    with strategy.scope():
+        layer = BatchNorm(momentum=MOMENTUM, epsilon=EPSILON, synchronized=True)
+        layer.build((None, 2, 2, 3))
+    outputs = run_in_training_mode(strategy, layer, shards)
+
+    expected = numpy_normalize(np.concatenate(shards), -1, mean, variance)
+    np.testing.assert_allclose(np.concatenate(outputs), expected, atol=TOLERANCE)
+    np.testing.assert_allclose(
+        layer.moving_mean.numpy(), (1 - MOMENTUM) * mean, rtol=TOLERANCE, atol=TOLERANCE
+    )
+    np.testing.assert_allclose(
+        layer.moving_variance.numpy(),
+        MOMENTUM + (1 - MOMENTUM) * variance,
+        rtol=TOLERANCE,
+        atol=TOLERANCE,
+    )
+
+
+# --- synchronized=True: one collective, accurate variance ---------------------
+
+
+@pytest.fixture
+def collective_calls(monkeypatch):
+    """Records (method name, replica id) for every ReplicaContext.all_gather
+    and all_reduce call (MirroredStrategy's replica context inherits both)."""
+    calls = []
+    for name in ("all_gather", "all_reduce"):
+        original = getattr(tf.distribute.ReplicaContext, name)
+
+        def counting(self, *args, _name=name, _original=original, **kwargs):
+            replica = tf.get_static_value(self.replica_id_in_sync_group)
+            calls.append((_name, int(replica)))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(tf.distribute.ReplicaContext, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "layer_class, expected_per_replica",
+    [
+        (BatchNorm, [("all_gather", 1)]),
+        # Keras all-reduces the sum, the sum of squares and the count
+        # separately: recorded as context for the claim above.
+        (keras.layers.BatchNormalization, [("all_reduce", 3)]),
+    ],
+)
+def test_sync_bn_uses_a_single_collective_per_call(
+    strategy, collective_calls, layer_class, expected_per_replica
+):
+    """Counts each replica's collectives during one training-mode forward call
+    (traced in a tf.function under strategy.run)."""
+    shards = shifted_shards((2, 2), (3,), seed=30)
+    with strategy.scope():
+        layer = layer_class(synchronized=True)
+        layer.build((None, 3))
+    run_in_training_mode(strategy, layer, shards)
+    for replica in range(strategy.num_replicas_in_sync):
+        names = [name for name, r in collective_calls if r == replica]
+        counted = sorted((name, names.count(name)) for name in set(names))
+        assert counted == expected_per_replica, f"replica {replica}: {collective_calls}"
+
+
+def test_sync_bn_variance_is_accurate_when_mean_dominates_std(strategy):
+    """Mean 1e4, std 1e-2 (float32) split over 2 replicas: the global variance
+    is within 1% of NumPy's float64 variance of the concatenated batch. (One
+    float32 ulp of 1e4 is 1e-3, a tenth of the std: a variance taken around a
+    mean rounded to float32 is off by up to several percent.)"""
+    with strategy.scope():
+        # momentum=0: the moving variance becomes the batch variance.
+        layer = BatchNorm(momentum=0.0, synchronized=True)
+        layer.build((None, 2, 2, 3))
+
+    @tf.function
+    def step(inputs):
+        strategy.run(lambda x: layer(x, training=True), args=(inputs,))
+
+    for seed in range(40, 45):
+        rng = np.random.default_rng(seed)
+        shards = [
+            (1e4 + 1e-2 * rng.standard_normal((4, 2, 2, 3))).astype(np.float32) for _ in range(2)
+        ]
+        _, expected_variance = numpy_moments(np.concatenate(shards), -1)
+        step(distribute(strategy, shards))
+        variances = [layer.moving_variance.numpy(), *replica_copies(layer.moving_variance)]
+        for variance in variances:
+            np.testing.assert_allclose(variance, expected_variance, rtol=0.01, err_msg=f"{seed=}")
+
+
+# --- synchronized=True without a strategy -------------------------------------
+
+
+def test_sync_bn_without_strategy_is_ordinary_batch_norm():
+    """Outside any strategy, synchronized=True gives the same output, gradients
+    and moving statistics as synchronized=False, and both match NumPy."""
+    x = tf.constant(shifted_shards((6,), (2, 2, 3), seed=50)[0])
+    results = []
+    for synchronized in (True, False):
+        layer = BatchNorm(
+            momentum=MOMENTUM,
+            epsilon=EPSILON,
+            synchronized=synchronized,
+            gamma_initializer=keras.initializers.Constant([0.5, 1.0, 2.0]),
+            beta_initializer=keras.initializers.Constant([0.1, -0.2, 0.3]),
+        )
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = layer(x, training=True)
+            loss = tf.reduce_sum(tf.square(outputs) * tf.range(1.0, 4.0))
+        gradients = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append(
+            [
+                outputs.numpy(),
+                *[g.numpy() for g in gradients],
+                layer.moving_mean.numpy(),
+                layer.moving_variance.numpy(),
+            ]
+        )
+    for synchronized_value, ordinary_value in zip(*results):
+        np.testing.assert_allclose(synchronized_value, ordinary_value, rtol=1e-6, atol=1e-7)
+
+    mean, variance = numpy_moments(x.numpy(), -1)
+    gamma, beta = np.array([0.5, 1.0, 2.0]), np.array([0.1, -0.2, 0.3])
+    expected = numpy_normalize(x.numpy(), -1, mean, variance) * gamma + beta
+    np.testing.assert_allclose(results[0][0], expected, atol=TOLERANCE)
+    np.testing.assert_allclose(results[0][4], (1 - MOMENTUM) * mean, atol=TOLERANCE)
+
+
+# --- synchronized=False: per-replica statistics, averaged when read -----------
+
+UNSYNCED_STEPS = 2
+
+
+def per_replica_shards(step):
+    # Replica r sees mean 3r-1 and scale 1+2r, so their statistics drift apart.
+    return shifted_shards((4, 4), (3,), seed=60 + step)
+
+
+def expected_moving_statistics(shards_by_step, replica):
+    """NumPy: the moving statistics replica `replica` reaches by updating from
+    its own shards only."""
+    moving_mean, moving_variance = np.zeros(3), np.ones(3)
+    for shards in shards_by_step:
+        mean, variance = numpy_moments(shards[replica], -1)
+        moving_mean = MOMENTUM * moving_mean + (1 - MOMENTUM) * mean
+        moving_variance = MOMENTUM * moving_variance + (1 - MOMENTUM) * variance
+    return moving_mean, moving_variance
+
+
+def bn_model(layer_class):
+    inputs = keras.Input((3,))
+    outputs = layer_class(momentum=MOMENTUM, epsilon=EPSILON, name="bn")(inputs)
+    return keras.Model(inputs, outputs)
+
+
+def train_unsynchronized(strategy, layer_class):
+    """Trains `layer_class` (synchronized=False) for a few steps under the
+    strategy. Returns the model, the outputs of each step per replica, and
+    the NumPy moving statistics of each replica."""
+    with strategy.scope():
+        model = bn_model(layer_class)
+
+    @tf.function
+    def step(inputs):
+        return strategy.run(lambda x: model(x, training=True), args=(inputs,))
+
+    shards_by_step = [per_replica_shards(s) for s in range(UNSYNCED_STEPS)]
+    outputs_by_step = [
+        local_results(strategy, step(distribute(strategy, shards))) for shards in shards_by_step
+    ]
+    expected = [
+        expected_moving_statistics(shards_by_step, r) for r in range(strategy.num_replicas_in_sync)
+    ]
+    return model, shards_by_step, outputs_by_step, expected
+
+
+@pytest.fixture(scope="module")
+def unsynchronized(strategy):
+    return train_unsynchronized(strategy, BatchNorm)
+
+
+def test_unsync_bn_normalizes_each_replica_with_its_own_statistics(unsynchronized):
+    _, shards_by_step, outputs_by_step, _ = unsynchronized
+    for shards, outputs in zip(shards_by_step, outputs_by_step):
+        for shard, output in zip(shards, outputs):
+            expected = numpy_normalize(shard, -1, *numpy_moments(shard, -1))
+            np.testing.assert_allclose(output, expected, atol=TOLERANCE)
+
+
+def test_unsync_bn_moving_statistics_are_kept_per_replica(unsynchronized):
+    model, _, _, expected = unsynchronized
+    layer = model.get_layer("bn")
+    for index, name in enumerate(("moving_mean", "moving_variance")):
+        copies = replica_copies(getattr(layer, name))
+        for copy, replica_expected in zip(copies, expected):
+            np.testing.assert_allclose(copy, replica_expected[index], atol=TOLERANCE)
+        # Otherwise "the average" below could not be told from one replica.
+        assert np.abs(copies[0] - copies[1]).min() > 0.05, name
+
+
+def averaged_expectation(expected):
+    return [np.mean([replica[i] for replica in expected], axis=0) for i in range(2)]
+
+
+def saved_statistics(model, tmp_path):
+    """Moving statistics of layer "bn" as read in cross-replica code, as
+    returned by get_weights(), as written to a .weights.h5 file (loaded into a
+    single-device model) and to a tf.train.Checkpoint (read by name)."""
+    layer = model.get_layer("bn")
+    read = [layer.moving_mean.numpy(), layer.moving_variance.numpy()]
+    weights = dict(zip([v.path for v in model.weights], model.get_weights()))
+    from_get_weights = [weights["bn/moving_mean"], weights["bn/moving_variance"]]
+
+    weights_file = str(tmp_path / "model.weights.h5")
+    model.save_weights(weights_file)
+    loaded = bn_model(type(layer))
+    loaded.load_weights(weights_file)
+    loaded_layer = loaded.get_layer("bn")
+    from_weights_file = [loaded_layer.moving_mean.numpy(), loaded_layer.moving_variance.numpy()]
+
+    checkpoint_path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    reader = tf.train.load_checkpoint(checkpoint_path)
+    from_checkpoint = []
+    for name in ("moving_mean", "moving_variance"):
+        keys = [k for k, _ in tf.train.list_variables(checkpoint_path) if f"/{name}/" in k]
+        assert len(keys) == 1, keys
+        from_checkpoint.append(reader.get_tensor(keys[0]))
+    return {
+        "cross-replica read": read,
+        "get_weights": from_get_weights,
+        ".weights.h5": from_weights_file,
+        "tf.train.Checkpoint": from_checkpoint,
+    }
+
+
+def test_unsync_bn_reads_and_saves_the_average_over_replicas(unsynchronized, tmp_path):
+    model, _, _, expected = unsynchronized
+    average = averaged_expectation(expected)
+    for where, statistics in saved_statistics(model, tmp_path).items():
+        for name, value, expected_value in zip(
+            ("moving_mean", "moving_variance"), statistics, average
+        ):
+            message = f"{name} from {where}"
+            np.testing.assert_allclose(value, expected_value, atol=TOLERANCE, err_msg=message)
+
+
+def test_keras_batch_normalization_saves_only_the_first_replicas_statistics(
+    strategy, tmp_path
+):
+    """The problem BatchNorm fixes: under the same strategy and data Keras's
+    per-replica statistics drift apart and what is read or saved is replica
+    0's copy, not the average."""
+    model, _, _, expected = train_unsynchronized(strategy, keras.layers.BatchNormalization)
+    first_replica, average = expected[0], averaged_expectation(expected)
+    for where, statistics in saved_statistics(model, tmp_path).items():
+        for name, value, first, mean in zip(
+            ("moving_mean", "moving_variance"), statistics, first_replica, average
+        ):
+            message = f"{name} from {where}"
+            np.testing.assert_allclose(value, first, atol=TOLERANCE, err_msg=message)
+            assert np.abs(value - mean).min() > 0.01, message
+
+
+def test_statistics_restored_in_strategy_scope_are_equal_on_every_replica(
+    strategy, unsynchronized, tmp_path
+):
+    """A tf.train.Checkpoint and a .weights.h5 file of the drifted model,
+    loaded into a fresh model inside the scope: every replica holds the saved
+    average, so inference gives the same output on every replica."""
+    model, _, _, expected = unsynchronized
+    average = averaged_expectation(expected)
+    checkpoint_path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    weights_file = str(tmp_path / "model.weights.h5")
+    model.save_weights(weights_file)
+
+    def restore_from_checkpoint(restored):
+        tf.train.Checkpoint(model=restored).read(checkpoint_path).assert_consumed()
+
+    probe = np.random.default_rng(70).normal(size=(2, 3)).astype(np.float32)
+    for restore in (restore_from_checkpoint, lambda restored: restored.load_weights(weights_file)):
+        with strategy.scope():
+            restored = bn_model(BatchNorm)
+            restore(restored)
+        layer = restored.get_layer("bn")
+        for name, expected_value in zip(("moving_mean", "moving_variance"), average):
+            for copy in replica_copies(getattr(layer, name)):
+                np.testing.assert_allclose(copy, expected_value, atol=TOLERANCE, err_msg=name)
+        outputs = local_results(
+            strategy,
+            strategy.run(
+                lambda x: restored(x, training=False), args=(distribute(strategy, [probe, probe]),)
+            ),
+        )
+        np.testing.assert_array_equal(outputs[0], outputs[1])
+        np.testing.assert_allclose(
+            outputs[0], numpy_normalize(probe, -1, *average), atol=TOLERANCE
+        )
