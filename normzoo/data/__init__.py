@@ -1,0 +1,34 @@
+"""Data through tensorflow-datasets: any TFDS image-classification dataset, one pipeline.
+
+    info = normzoo.data.info("digits", image_size=32)
+    dataset = normzoo.data.load("digits", "train", global_batch_size=128, training=True,
+                                image_size=32)
+
+`load` builds the input pipeline (augmentation, normalization, per-replica
+batches, sharding by input pipeline); `info` says what the training loop
+needs (classes, image shape, split sizes, the evaluation split);
+`prepared_builder` checks that a dataset is prepared without ever
+downloading it. Importing this package registers the embedded default
+dataset, scikit-learn's handwritten digits, with TFDS as "digits"
+(`Digits`), so `tfds.load("digits")` works too.
+"""
+
+from normzoo.data import preprocessing
+from normzoo.data.digits import Digits
+from normzoo.data.pipeline import (
+    DataInfo,
+    DatasetNotPreparedError,
+    info,
+    load,
+    prepared_builder,
+)
+
+__all__ = [
+    "DataInfo",
+    "DatasetNotPreparedError",
+    "Digits",
+    "info",
+    "load",
+    "prepared_builder",
+    "preprocessing",
+]
