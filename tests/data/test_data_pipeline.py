@@ -193,14 +193,14 @@ def test_training_pipelines_of_different_workers_differ(data_dir):
     assert not set(first_batch(0)) & set(first_batch(1))
 
 
-def test_mirrored_replicas_split_the_global_batch_a_single_device_would_get(data_dir):
+def test_mirrored_replicas_split_the_global_batch_a_single_device_would_get(data_dir, mirrored_strategy):
     def load(input_context=None):
         return normzoo.data.load(
             "digits", "train", data_dir=data_dir, global_batch_size=16, training=True,
             input_context=input_context, image_size=32, channels=3,
         )
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored_strategy
     distributed = iter(strategy.distribute_datasets_from_function(load))
     single_device = _batches(load(), 2)
     for images, labels in single_device:

@@ -13,15 +13,14 @@ import tensorflow as tf
 import keras
 from normzoo.layers import BatchNorm
 
-DEVICES = ["/cpu:0", "/cpu:1"]
 TOLERANCE = 1e-5
 MOMENTUM = 0.9
 EPSILON = 1e-3
 
 
 @pytest.fixture(scope="module")
-def strategy():
-    return tf.distribute.MirroredStrategy(DEVICES)
+def strategy(mirrored_strategy):
+    return mirrored_strategy
 
 
 def distribute(strategy, shards):
