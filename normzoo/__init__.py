@@ -2,4 +2,5 @@
 
 __version__ = "0.1.0"
 
-from normzoo import layers  # noqa: E402,F401
+from normzoo import data, layers  # noqa: E402,F401
+from normzoo import models  # noqa: E402,F401

@@ -1,0 +1,329 @@
+"""Residual blocks, written once, with the normalization injected by name.
+
+Every network in `normzoo.models` is a stem, stages of `residual_block`s and
+a `classifier_head`. What differs between families and checkpoint sources
+(where the stride sits, which convolutions have biases, which unit of a stage
+downsamples, epsilon) is an argument here, never a second copy of a block.
+
+Normalizations (`NORMS`):
+
+- `"batch"`: `normzoo.layers.BatchNorm` wherever the architecture has a norm
+  (after each convolution in v1 blocks, before them in pre-activation ones).
+- `"layer"`: `normzoo.layers.LayerNorm(axis=(1, 2, 3))` in the same places:
+  each image normalized over height, width and channels, one gamma/beta per
+  channel.
+- `"skipinit"`: no normalization layers; every convolution has a bias, and a
+  `normzoo.layers.SkipInit` scalar ends every residual branch, before the
+  addition (De & Smith, 2020).
+- `"none"`: as `"skipinit"` without the scalar.
+
+Layer names (relied on by checkpoint restore; every layer is named, so two
+builds of the same model have the same names). They extend the scheme of
+keras.applications' ResNets:
+
+- `input`; `conv1_conv`, `conv1_bn`: the stem; `post_bn`: the final norm of
+  a pre-activation network; `avg_pool`; `predictions`: the classifier.
+- Stages are `conv2`, `conv3`, ... and their units `block1`, `block2`, ...
+  `conv{stage}_block{unit}_{j}_conv` and `..._{j}_bn` are the j-th
+  convolution of a residual branch (j = 1, 2, ...) and the norm after it;
+  j = 0 is the shortcut (`_0_conv`, `_0_bn`, or weightless `_0_pool`,
+  `_0_zeropad`). `..._preact_bn` is a pre-activation block's first norm.
+- A norm layer ends in `_bn` for BatchNorm and `_ln` for LayerNorm; the
+  SkipInit scalar of a block is `conv{stage}_block{unit}_skipinit`.
+- `conv{stage}_block{unit}_add` adds the skip path (first input) and the
+  residual branch (second input); `normzoo.models.diagnostics` reads them.
+"""
+
+import dataclasses
+import math
+
+import keras
+from keras import ops
+
+from normzoo.layers import BatchNorm, LayerNorm, SkipInit
+
+NORMS = ("batch", "layer", "skipinit", "none")
+
+# Which convolutions get a bias when the network normalizes (without
+# normalization every convolution gets one, as in the SkipInit paper):
+# "always"; "unnormalized": those that no norm follows, as keras.applications'
+# ResNetV2 and TF-slim do; "never".
+CONV_BIASES = ("always", "unnormalized", "never")
+
+SHORTCUTS = ("projection", "zero_pad")
+DOWNSAMPLE_UNITS = ("first", "last")
+
+# He et al.'s initialization, as torchvision, TF-slim and the CIFAR and
+# Wide-ResNet papers use; the signal-propagation analysis assumes it.
+_KERNEL_INITIALIZER = "he_normal"
+
+
+def _check_choice(argument, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"Unknown {argument} {value!r}; valid values are {', '.join(map(repr, choices))}."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    """The normalization of a network: which one, and its hyperparameters.
+
+    Attributes:
+        kind: One of `NORMS`.
+        epsilon: Epsilon of BatchNorm and LayerNorm.
+        momentum: Momentum of BatchNorm's moving statistics.
+        synchronized: BatchNorm's `synchronized` (only with kind "batch").
+        skipinit_alpha: Initial value of the SkipInit scalars (only with kind
+            "skipinit"); None means 0.
+    """
+
+    kind: str
+    epsilon: float = 1e-3
+    momentum: float = 0.99
+    synchronized: bool = False
+    skipinit_alpha: float | None = None
+
+    def __post_init__(self):
+        _check_choice("norm", self.kind, NORMS)
+        if self.skipinit_alpha is not None and self.kind != "skipinit":
+            raise ValueError(
+                f"`skipinit_alpha` applies to norm='skipinit' only; got norm={self.kind!r}."
+            )
+        if self.synchronized and self.kind != "batch":
+            raise ValueError(
+                f"`synchronized_bn` applies to norm='batch' only; got norm={self.kind!r}."
+            )
+
+    @property
+    def normalizes(self):
+        """True if the network has normalization layers."""
+        return self.kind in ("batch", "layer")
+
+    def normalize(self, x, name):
+        """Applies the norm layer `{name}_bn` / `{name}_ln`, or nothing."""
+        if self.kind == "batch":
+            return BatchNorm(
+                momentum=self.momentum,
+                epsilon=self.epsilon,
+                synchronized=self.synchronized,
+                name=f"{name}_bn",
+            )(x)
+        if self.kind == "layer":
+            return LayerNorm(axis=(1, 2, 3), epsilon=self.epsilon, name=f"{name}_ln")(x)
+        return x
+
+    def scale_branch(self, x, name):
+        """Ends a residual branch: the SkipInit scalar `{name}_skipinit`, or nothing."""
+        if self.kind == "skipinit":
+            alpha = 0.0 if self.skipinit_alpha is None else self.skipinit_alpha
+            return SkipInit(initial_alpha=alpha, name=f"{name}_skipinit")(x)
+        return x
+
+    def use_bias(self, conv_bias, followed_by_norm):
+        """Whether a convolution gets a bias under the policy `conv_bias`
+        (one of `CONV_BIASES`)."""
+        _check_choice("conv_bias", conv_bias, CONV_BIASES)
+        if not self.normalizes or conv_bias == "always":
+            return True
+        return conv_bias == "unnormalized" and not followed_by_norm
+
+
+@keras.saving.register_keras_serializable(package="normzoo")
+class ZeroPadChannels(keras.layers.Layer):
+    """Appends zero-valued channels (channels-last) up to `channels`.
+
+    With a stride-2 subsampling before it, this is the parameter-free
+    "option A" shortcut of He et al. (2016) for CIFAR ResNets.
+
+    Args:
+        channels: Number of output channels; at least the input's.
+        **kwargs: Base layer keyword arguments.
+    """
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+
+    def build(self, input_shape):
+        if input_shape[-1] is None or input_shape[-1] > self.channels:
+            raise ValueError(
+                f"ZeroPadChannels pads up to {self.channels} channels; the input "
+                f"has {input_shape[-1]}."
+            )
+
+    def call(self, inputs):
+        extra = self.channels - inputs.shape[-1]
+        return ops.pad(inputs, [[0, 0]] * (len(inputs.shape) - 1) + [[0, extra]])
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
+
+
+def relu(x, name):
+    return keras.layers.Activation("relu", name=name)(x)
+
+
+def conv2d(x, filters, kernel_size, *, strides=1, use_bias, name):
+    """The convolution `{name}_conv`, padded as every checkpoint source pads.
+
+    With stride 1 the padding is "same". A strided convolution larger than
+    1x1 is preceded by explicit zero padding of (k - 1) // 2 before and
+    k - 1 - (k - 1) // 2 after (layer `{name}_pad`) and is "valid": this is
+    torchvision's `padding=k // 2`, TF-slim's `conv2d_same` and
+    keras.applications' `ZeroPadding2D`, whereas Keras' strided "same" would
+    pad only after the image on even sizes.
+    """
+    padding = "same"
+    if strides > 1 and kernel_size > 1:
+        before = (kernel_size - 1) // 2
+        x = keras.layers.ZeroPadding2D((before, kernel_size - 1 - before), name=f"{name}_pad")(x)
+        padding = "valid"
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=use_bias,
+        kernel_initializer=_KERNEL_INITIALIZER,
+        name=f"{name}_conv",
+    )(x)
+
+
+def residual_block(
+    x,
+    convs,
+    *,
+    preactivation,
+    norm,
+    conv_bias,
+    shortcut="projection",
+    dropout_rate=0.0,
+    name,
+):
+    """One residual block: `skip(x) + branch(x)`.
+
+    The branch is the convolutions `convs`, each followed by the norm and a
+    ReLU except that:
+    - post-activation (v1, arXiv:1512.03385): the last convolution has its
+      norm but no ReLU; the block ends with a ReLU after the addition
+      (`{name}_out`).
+    - pre-activation (v2, arXiv:1603.05027): the block starts with norm + ReLU
+      (`{name}_preact`), whose output feeds the branch; the last convolution
+      has neither norm nor ReLU, and nothing follows the addition.
+    With `norm.kind == "skipinit"` the branch ends in the SkipInit scalar, so
+    at initialization (alpha = 0) the block computes `skip(x)` exactly (v1
+    adds its final ReLU, the identity on the non-negative outputs of a
+    previous v1 block).
+
+    The skip path is the input itself when the channels and resolution are
+    unchanged; `x` subsampled with a 1x1 max pool (`{name}_0_pool`) when only
+    the resolution changes; when the channels change, `"projection"` is a
+    strided 1x1 convolution `{name}_0_conv` (followed by the norm in v1;
+    taking the pre-activation in v2) and `"zero_pad"` the subsampled input
+    with zero channels appended (`{name}_0_zeropad`, He et al.'s option A).
+
+    Args:
+        x: Input tensor, channels-last.
+        convs: The branch's convolutions as (filters, kernel_size, strides)
+            tuples; the block's stride is the product of their strides.
+        preactivation: True for a v2 (pre-activation) block.
+        norm: A `Normalization`.
+        conv_bias: One of `CONV_BIASES`.
+        shortcut: One of `SHORTCUTS`, used when the channels change.
+        dropout_rate: Dropout before the last convolution of the branch (as
+            in Wide-ResNets); 0 adds no layer.
+        name: Prefix of every layer name, e.g. "conv2_block1".
+
+    Returns:
+        The block's output tensor.
+    """
+    _check_choice("shortcut", shortcut, SHORTCUTS)
+    out_channels = convs[-1][0]
+    strides = math.prod(conv_strides for _, _, conv_strides in convs)
+
+    branch = x
+    if preactivation:
+        branch = relu(norm.normalize(x, f"{name}_preact"), name=f"{name}_preact_relu")
+
+    if x.shape[-1] != out_channels and shortcut == "projection":
+        skip = conv2d(
+            branch,
+            out_channels,
+            1,
+            strides=strides,
+            use_bias=norm.use_bias(conv_bias, followed_by_norm=not preactivation),
+            name=f"{name}_0",
+        )
+        if not preactivation:
+            skip = norm.normalize(skip, f"{name}_0")
+    else:
+        skip = x
+        if strides > 1:
+            skip = keras.layers.MaxPooling2D(1, strides=strides, name=f"{name}_0_pool")(skip)
+        if x.shape[-1] != out_channels:
+            skip = ZeroPadChannels(out_channels, name=f"{name}_0_zeropad")(skip)
+
+    for j, (filters, kernel_size, conv_strides) in enumerate(convs, start=1):
+        last = j == len(convs)
+        if last and dropout_rate:
+            branch = keras.layers.Dropout(dropout_rate, name=f"{name}_dropout")(branch)
+        followed_by_norm = not (preactivation and last)
+        branch = conv2d(
+            branch,
+            filters,
+            kernel_size,
+            strides=conv_strides,
+            use_bias=norm.use_bias(conv_bias, followed_by_norm),
+            name=f"{name}_{j}",
+        )
+        if followed_by_norm:
+            branch = norm.normalize(branch, f"{name}_{j}")
+        if not last:
+            branch = relu(branch, name=f"{name}_{j}_relu")
+    branch = norm.scale_branch(branch, name)
+
+    y = keras.layers.Add(name=f"{name}_add")([skip, branch])
+    if not preactivation:
+        y = relu(y, name=f"{name}_out")
+    return y
+
+
+def unit_strides(depths, strides, downsample_unit):
+    """The stride of every unit of every stage.
+
+    Args:
+        depths: Number of units of each stage.
+        strides: Stride of each stage.
+        downsample_unit: "first": a stage's first unit has the stage's
+            stride (He et al., keras.applications v1, torchvision).
+            "last": the stride of stage s + 1 moves to the last unit of stage
+            s, and the last stage keeps resolution (TF-slim, and
+            keras.applications v2); the first stage's stride must be 1.
+
+    Returns:
+        A list with one list of unit strides per stage.
+    """
+    _check_choice("downsample_unit", downsample_unit, DOWNSAMPLE_UNITS)
+    if downsample_unit == "first":
+        return [[s] + [1] * (n - 1) for n, s in zip(depths, strides)]
+    if strides[0] != 1:
+        raise ValueError(
+            f"With downsample_unit='last' the first stage's stride must be 1; got {strides}."
+        )
+    return [[1] * (n - 1) + [s] for n, s in zip(depths, [*strides[1:], 1])]
+
+
+def classifier_head(x, *, preactivation, norm, num_classes, classifier_activation):
+    """Final norm + ReLU (pre-activation networks), global average pooling
+    (`avg_pool`) and the dense classifier `predictions` (omitted when
+    `num_classes` is 0: the pooled features are the output)."""
+    if preactivation:
+        x = relu(norm.normalize(x, "post"), name="post_relu")
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if num_classes:
+        x = keras.layers.Dense(num_classes, activation=classifier_activation, name="predictions")(x)
+    return x

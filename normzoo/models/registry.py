@@ -1,0 +1,102 @@
+"""`build(name, ...)`, `names()` and `check_name(name)`: the zoo by name."""
+
+import functools
+import inspect
+import re
+
+from normzoo.models import cifar_resnet, resnet, wide_resnet
+
+_BUILDERS = {
+    **{variant: functools.partial(resnet.resnet, variant) for variant in resnet.VARIANTS},
+    **{
+        f"resnet{depth}": functools.partial(cifar_resnet.cifar_resnet, depth)
+        for depth in cifar_resnet.DEPTHS
+    },
+}
+
+_WIDE_RESNET = re.compile(r"wrn_(\d+)_(\d+)")
+# Listed by names(); build() accepts any valid wrn_<n>_<k>.
+_LISTED_WIDE_RESNETS = ("wrn_16_4", "wrn_16_8", "wrn_28_10", "wrn_40_4")
+
+# Arguments of every builder that build() sets itself.
+_BUILD_ARGUMENTS = ("norm", "num_classes", "input_shape")
+
+
+def names():
+    """The model names `build` accepts, sorted.
+
+    Wide-ResNets are listed by a few of the paper's configurations; `build`
+    accepts any "wrn_<n>_<k>" with n = 6N + 4 (N >= 1) and k >= 1.
+    """
+    return sorted([*_BUILDERS, *_LISTED_WIDE_RESNETS])
+
+
+def _builder(name):
+    if name in _BUILDERS:
+        return _BUILDERS[name]
+    match = _WIDE_RESNET.fullmatch(name)
+    if match:
+        depth, widen_factor = int(match[1]), int(match[2])
+        wide_resnet.check_depth_and_width(depth, widen_factor)
+        return functools.partial(wide_resnet.wide_resnet, depth, widen_factor)
+    raise ValueError(
+        f"Unknown model {name!r}. Valid names: {', '.join(sorted(_BUILDERS))}, and "
+        "wrn_<n>_<k> for any Wide-ResNet (n = 6N + 4, e.g. wrn_16_4, wrn_28_10)."
+    )
+
+
+def check_name(name):
+    """Raises ValueError, naming the valid names, unless `build` accepts `name`.
+
+    Builds nothing: for validating a configuration before the (possibly slow)
+    build.
+    """
+    _builder(name)
+
+
+def build(name, *, norm="batch", num_classes=None, input_shape=None, **overrides):
+    """Builds a residual network of the zoo, with the normalization `norm`.
+
+    Args:
+        name: One of `names()`, or any "wrn_<n>_<k>".
+        norm: "batch", "layer", "skipinit" or "none" (see
+            `normzoo.models.blocks`).
+        num_classes: Size of the classifier; None for the family's default
+            (1000 for ImageNet ResNets, 10 for CIFAR ResNets and
+            Wide-ResNets); 0 for no classifier (the pooled features).
+        input_shape: Channels-last input shape; None for the family's
+            default ((224, 224, 3) for ImageNet ResNets, (32, 32, 3)
+            otherwise).
+        **overrides: Keyword arguments of the family's builder:
+            `resnet.resnet` (layout, width, ...), `cifar_resnet.cifar_resnet`
+            (width, ...) or `wide_resnet.wide_resnet` (dropout_rate, ...); all
+            take skipinit_alpha, synchronized_bn, classifier_activation and
+            name.
+
+    Returns:
+        An uncompiled `keras.Model` mapping images to logits (or features),
+        whose layers are named as `normzoo.models.blocks` describes.
+
+    Raises:
+        ValueError: for an unknown model name, norm or override, naming the
+            valid ones.
+    """
+    builder = _builder(name)
+    parameters = inspect.signature(builder.func).parameters
+    valid = [
+        key
+        for key, parameter in parameters.items()
+        if parameter.kind == parameter.KEYWORD_ONLY and key not in _BUILD_ARGUMENTS
+    ]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"Unknown argument(s) {', '.join(unknown)} for {name!r}; "
+            f"valid overrides: {', '.join(valid)}."
+        )
+    arguments = {"norm": norm, **overrides}
+    if num_classes is not None:
+        arguments["num_classes"] = num_classes
+    if input_shape is not None:
+        arguments["input_shape"] = tuple(input_shape)
+    return builder(**arguments)

@@ -1,0 +1,118 @@
+"""Plots signal propagation at initialization (De & Smith 2020, Figure 4).
+
+For one deep network built with each normalization, measures at every
+residual block the variance of the skip path and of the residual branch (see
+`normzoo.models.diagnostics`) on a batch of standard-normal images, in
+training mode, and writes a PNG of variance against block index, with the
+numbers and the flags beside it as JSON (same name, .json).
+
+    pip install "normzoo[plot]"   # matplotlib
+    python scripts/signal_propagation.py --output=signal_propagation.png
+"""
+
+import json
+import os
+
+from absl import app, flags
+
+flags.DEFINE_string("model", "wrn_100_2", "Model name (see normzoo.models.names()).")
+flags.DEFINE_list("norms", ["batch", "skipinit", "none"], "Normalizations to compare.")
+flags.DEFINE_integer("batch_size", 64, "Images in the measured batch.")
+flags.DEFINE_integer("image_size", 32, "Height and width of the images.")
+flags.DEFINE_integer("seed", 0, "Seed of the initialization and the images.")
+flags.DEFINE_string("output", "signal_propagation.png", "Path of the PNG; the JSON goes beside it.")
+FLAGS = flags.FLAGS
+
+
+def plot(results, model_name, path):
+    try:
+        import matplotlib
+    except ImportError:
+        raise app.UsageError(
+            'Plotting needs matplotlib: pip install "normzoo[plot]" (or matplotlib).'
+        ) from None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, (linear_axes, log_axes, branch_axes) = pyplot.subplots(1, 3, figsize=(15, 4.4))
+    for norm, signals in results.items():
+        index = range(1, len(signals.blocks) + 1)
+        linear_axes.plot(index, signals.skip_variance, label=norm)
+        log_axes.plot(index, signals.skip_variance, label=norm)
+        branch_axes.plot(index, signals.branch_variance, label=norm)
+    # On a linear scale the normalized networks' straight lines (the paper's
+    # Figure 4) would be flattened by the unnormalized one's explosion.
+    bounded = [signals.skip_variance.max() for norm, signals in results.items() if norm != "none"]
+    if bounded:
+        linear_axes.set_ylim(0, 1.2 * max(bounded))
+    # A new stage starts where the resolution changes and the skip path is
+    # projected: the BatchNorm skip variance restarts there.
+    first_signals = next(iter(results.values()))
+    stage_starts = [
+        i + 1 for i, block in enumerate(first_signals.blocks) if block.endswith("_block1") and i
+    ]
+    panels = (
+        (linear_axes, "skip path before the addition", "linear"),
+        (log_axes, "skip path before the addition", "log"),
+        (branch_axes, "residual branch (skipinit: 0)", "log"),
+    )
+    for axes, title, scale in panels:
+        for start in stage_starts:
+            axes.axvline(start, color="grey", linestyle=":", linewidth=1)
+        axes.set_yscale(scale)
+        axes.set_xlabel("residual block")
+        axes.set_ylabel("variance (mean over channels)")
+        axes.set_title(f"{title}, {scale} scale")
+        axes.grid(True, alpha=0.3)
+    log_axes.legend(title="norm", loc="upper left")
+    figure.suptitle(f"{model_name} at initialization (dotted: a new stage, projected skip path)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    import keras
+    import numpy as np
+
+    from normzoo import models
+    from normzoo.models import diagnostics
+
+    models.check_name(FLAGS.model)
+    shape = (FLAGS.image_size, FLAGS.image_size, 3)
+    images = (
+        np.random.default_rng(FLAGS.seed)
+        .standard_normal((FLAGS.batch_size, *shape))
+        .astype("float32")
+    )
+    results = {}
+    for norm in FLAGS.norms:
+        keras.utils.set_random_seed(FLAGS.seed)
+        model = models.build(FLAGS.model, norm=norm, input_shape=shape)
+        results[norm] = diagnostics.signal_propagation(model, images)
+
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+    plot(results, FLAGS.model, FLAGS.output)
+    record = {
+        "flags": {
+            name: FLAGS[name].value
+            for name in ("model", "norms", "batch_size", "image_size", "seed")
+        },
+        "results": {
+            norm: {
+                "blocks": list(signals.blocks),
+                "skip_variance": signals.skip_variance.tolist(),
+                "branch_variance": signals.branch_variance.tolist(),
+            }
+            for norm, signals in results.items()
+        },
+    }
+    with open(os.path.splitext(FLAGS.output)[0] + ".json", "w") as file:
+        json.dump(record, file, indent=1)
+    print(f"Wrote {FLAGS.output}")
+
+
+if __name__ == "__main__":
+    app.run(main)

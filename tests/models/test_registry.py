@@ -1,0 +1,134 @@
+"""`build` and `names`: what each name and argument gives, and clear errors."""
+
+import keras
+import numpy as np
+import pytest
+
+from normzoo import layers, models
+
+_ISSUE_NAMES = [
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnet50v2", "resnet101v2", "resnet152v2",
+    "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202",
+    "wrn_16_4", "wrn_28_10",
+]  # fmt: skip
+
+
+def test_names_lists_every_family_member():
+    assert set(_ISSUE_NAMES) <= set(models.names())
+    assert models.names() == sorted(models.names())
+
+
+def test_an_unknown_name_is_refused_with_the_valid_names():
+    with pytest.raises(ValueError, match=r"Unknown model 'resnet51'.*resnet50.*wrn_<n>_<k>"):
+        models.build("resnet51")
+
+
+@pytest.mark.parametrize("name", ["wrn_12_2", "wrn_16_0"])
+def test_an_invalid_wide_resnet_is_refused(name):
+    with pytest.raises(ValueError, match="Wide-ResNet"):
+        models.build(name)
+
+
+@pytest.mark.parametrize("name", ["resnet51", "wrn_12_2", "wrn_28"])
+def test_check_name_refuses_what_build_refuses(name):
+    with pytest.raises(ValueError):
+        models.check_name(name)
+
+
+def test_check_name_accepts_every_listed_name_and_any_wide_resnet():
+    for name in [*models.names(), "wrn_1000_2", "wrn_22_3"]:
+        models.check_name(name)
+
+
+def test_an_unknown_norm_is_refused_with_the_valid_norms():
+    with pytest.raises(ValueError, match="'group'.*'batch', 'layer', 'skipinit', 'none'"):
+        models.build("resnet20", norm="group")
+
+
+def test_an_unknown_override_is_refused_with_the_valid_overrides():
+    with pytest.raises(ValueError, match=r"dropout_rate.*valid overrides: layout, width"):
+        models.build("resnet50", dropout_rate=0.3)
+
+
+@pytest.mark.parametrize(
+    "norm, override", [("batch", {"skipinit_alpha": 1.0}), ("layer", {"synchronized_bn": True})]
+)
+def test_an_override_for_another_norm_is_refused(norm, override):
+    with pytest.raises(ValueError, match="only"):
+        models.build("resnet20", norm=norm, **override)
+
+
+def _layers_of(model, cls):
+    return [layer for layer in model.layers if isinstance(layer, cls)]
+
+
+def _residual_blocks(model):
+    return _layers_of(model, keras.layers.Add)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "wrn_10_1", "resnet18"])
+def test_norms_are_placed_as_documented(name):
+    shape = {"input_shape": (32, 32, 3)}
+    batch = models.build(name, norm="batch", **shape)
+    layer = models.build(name, norm="layer", **shape)
+    skipinit = models.build(name, norm="skipinit", skipinit_alpha=0.25, **shape)
+    none = models.build(name, norm="none", **shape)
+
+    batch_norms = _layers_of(batch, layers.BatchNorm)
+    layer_norms = _layers_of(layer, layers.LayerNorm)
+    assert len(batch_norms) == len(layer_norms) > 0
+    assert all(norm.axis == (1, 2, 3) and norm.param_axis == -1 for norm in layer_norms)
+    assert [n.name[:-3] for n in batch_norms] == [n.name[:-3] for n in layer_norms]
+
+    for model in (skipinit, none):
+        assert not _layers_of(model, layers.BatchNorm) and not _layers_of(model, layers.LayerNorm)
+        assert all(conv.use_bias for conv in _layers_of(model, keras.layers.Conv2D))
+    # One SkipInit scalar per residual branch, at its end, before the addition.
+    scalars = _layers_of(skipinit, layers.SkipInit)
+    adds = _residual_blocks(skipinit)
+    assert len(scalars) == len(adds) > 0
+    for scalar, add in zip(scalars, adds):
+        assert add.input[1] is scalar.output
+        assert float(scalar.alpha.numpy()) == 0.25
+    assert not _layers_of(none, layers.SkipInit)
+
+
+def test_synchronized_bn_reaches_every_batch_norm():
+    model = models.build("resnet20", synchronized_bn=True)
+    norms = _layers_of(model, layers.BatchNorm)
+    assert norms and all(norm.synchronized for norm in norms)
+
+
+@pytest.mark.parametrize(
+    "name, features", [("resnet20", 64), ("wrn_10_2", 128), ("resnet50", 2048)]
+)
+def test_zero_classes_gives_the_pooled_features(name, features):
+    model = models.build(name, num_classes=0, input_shape=(32, 32, 3))
+    assert model.output_shape == (None, features)
+    assert model.layers[-1].name == "avg_pool"
+
+
+def test_layer_names_do_not_depend_on_what_was_built_before():
+    first = [layer.name for layer in models.build("resnet20").layers]
+    models.build("wrn_10_1")
+    assert [layer.name for layer in models.build("resnet20").layers] == first
+    assert all(not name.startswith(("conv2d", "batch_norm", "activation")) for name in first)
+
+
+def test_wide_resnet_dropout_sits_between_the_two_convolutions():
+    model = models.build("wrn_10_1", dropout_rate=0.3)
+    dropout = model.get_layer("conv2_block1_dropout")
+    assert dropout.rate == 0.3
+    assert dropout.input is model.get_layer("conv2_block1_1_relu").output
+    assert model.get_layer("conv2_block1_2_conv").input is dropout.output
+    assert not [layer for layer in models.build("wrn_10_1").layers if "dropout" in layer.name]
+
+
+@pytest.mark.parametrize(
+    "name, overrides", [("resnet20", {}), ("resnet18", {"width": 8, "layout": "slim"})]
+)
+def test_height_and_width_may_be_left_open(name, overrides):
+    model = models.build(name, num_classes=3, input_shape=(None, None, 3), **overrides)
+    for size in (32, 40):
+        assert model(np.zeros((2, size, size, 3), "float32")).shape == (2, 3)
