@@ -1,0 +1,453 @@
+"""The training loop behind scripts/train.py (and scripts/finetune.py).
+
+`train(TrainConfig(...))` builds the model and data under the chosen
+strategy, trains with a custom loop (Keras `fit` cannot XLA-compile under
+MirroredStrategy nor run MultiWorkerMirroredStrategy in TF 2.21), and keeps
+in `model_dir`:
+
+    checkpoints/            tf.train.CheckpointManager: model (BatchNorm
+                            statistics included), optimizer, step
+    tensorboard/            scalars per epoch
+    flags.json              the resolved configuration and environment
+    metrics.json            per-epoch history and the final figures
+    model.weights.h5        the final weights (Keras format), for
+                            normzoo's restore and `model.load_weights`
+
+Running the same configuration again resumes from the last checkpoint; a
+finished run is not retrained. A non-finite loss stops the run before the
+next checkpoint is written, so the last checkpoint stays a good one.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from normzoo import data, models
+from normzoo.training import distribute
+from normzoo.training.steps import EvalStep, TrainStep
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
+MIXED_PRECISION = (None, "float16", "bfloat16")
+NORMS = ("batch", "layer", "skipinit", "none")
+INPUT_SHARDING = ("pipeline", "global_batch")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; nothing was built or written."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns: the trained model (still under its strategy) and
+    the final metrics written to `model_dir/metrics.json`."""
+
+    model: keras.Model
+    metrics: dict
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last checkpoint was kept."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run (the flags of scripts/train.py).
+
+    `batch_size` is the global batch, split evenly over the replicas;
+    `learning_rate` is for that global batch. `steps_per_epoch` defaults to
+    the training split's size over the global batch (every batch is full, so
+    that every step has the same shape, which XLA wants).
+
+    `input_sharding` says how several input pipelines (one per worker under
+    MultiWorkerMirroredStrategy) share the training data: "pipeline" gives
+    each its own part of the split (the efficient default); "global_batch"
+    makes every pipeline build the same global batches and keep its slice,
+    so that the global batches, and the run, are the same for any number of
+    workers and replicas (each worker then reads the whole split).
+    """
+
+    model: str = "resnet20"
+    norm: str = "batch"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    image_size: int | None = 32
+    batch_size: int = 64
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    learning_rate: float = 0.1
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    optimizer: str = "momentum"
+    weight_decay: float = 5e-4
+    skipinit_alpha: float | None = None
+    strategy: str = "default"
+    tpu: str | None = None
+    jit_compile: bool = False
+    mixed_precision: str | None = None
+    sync_bn: bool = False
+    model_dir: str = "runs/default"
+    input_sharding: str = "pipeline"
+    checkpoint_steps: int = 0
+    max_checkpoints: int = 3
+    seed: int = 0
+    verbose: bool = True
+
+    def validate(self):
+        """Raises ConfigError naming the first invalid field and what is valid."""
+        choices = {
+            "norm": NORMS,
+            "optimizer": OPTIMIZERS,
+            "schedule": SCHEDULES,
+            "mixed_precision": MIXED_PRECISION,
+            "strategy": distribute.STRATEGIES,
+            "input_sharding": INPUT_SHARDING,
+        }
+        for field, valid in choices.items():
+            if getattr(self, field) not in valid:
+                raise ConfigError(
+                    f"Invalid {field}={getattr(self, field)!r}; choose one of "
+                    f"{', '.join(str(v) for v in valid)}."
+                )
+        try:
+            models.check_name(self.model)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        positive = ("batch_size", "epochs", "learning_rate")
+        for field in positive:
+            if not getattr(self, field) > 0:
+                raise ConfigError(f"{field} must be positive; got {getattr(self, field)!r}.")
+        for field in ("steps_per_epoch", "image_size"):
+            value = getattr(self, field)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{field} must be positive or unset; got {value!r}.")
+        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.checkpoint_steps < 0:
+            raise ConfigError("weight_decay, warmup_epochs and checkpoint_steps must be >= 0.")
+        if self.sync_bn and self.norm != "batch":
+            raise ConfigError(f"sync_bn applies to norm='batch' only; got norm={self.norm!r}.")
+        if self.skipinit_alpha is not None and self.norm != "skipinit":
+            raise ConfigError(
+                f"skipinit_alpha applies to norm='skipinit' only; got norm={self.norm!r}."
+            )
+
+
+def _learning_rate(config, steps_per_epoch):
+    total = config.epochs * steps_per_epoch
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    if config.schedule == "constant":
+        return config.learning_rate
+    if config.schedule == "step":
+        boundaries = [int(total * 0.5), int(total * 0.75)]
+        values = [config.learning_rate * f for f in (1.0, 0.1, 0.01)]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    if warmup:
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, max(total - warmup, 1), warmup_target=config.learning_rate, warmup_steps=warmup
+        )
+    return keras.optimizers.schedules.CosineDecay(config.learning_rate, max(total, 1))
+
+
+def make_optimizer(config, steps_per_epoch):
+    """The optimizer of `config`, with decoupled weight decay that spares
+    biases, normalization parameters and SkipInit scalars."""
+    learning_rate = _learning_rate(config, steps_per_epoch)
+    decay = config.weight_decay or None
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate, weight_decay=decay)
+    elif config.optimizer == "momentum":
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=decay)
+    elif config.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate, weight_decay=decay)
+    else:
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
+    if decay:
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "alpha"])
+    if config.mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _environment(strategy, train_step, steps_per_epoch):
+    return {
+        "num_replicas": strategy.num_replicas_in_sync,
+        "devices": distribute.replica_devices(strategy),
+        "xla_form": train_step.form,
+        "steps_per_epoch": steps_per_epoch,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _write_json(path, value):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _read_history(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f).get("history", [])
+
+
+# Fields that change the variables a checkpoint holds.
+_MODEL_FIELDS = ("model", "norm", "dataset", "image_size", "optimizer", "mixed_precision")
+
+
+def _check_same_model(config):
+    path = os.path.join(config.model_dir, "flags.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)["config"]
+    changed = [f for f in _MODEL_FIELDS if saved.get(f) != getattr(config, f)]
+    if changed:
+        details = ", ".join(f"{f}={saved.get(f)!r} there, {getattr(config, f)!r} now" for f in changed)
+        raise ConfigError(
+            f"{config.model_dir} holds checkpoints of another configuration ({details}); "
+            "resume with the same flags or choose a new --model_dir."
+        )
+
+
+def _log(config, message):
+    logging.info(message)
+    if config.verbose:
+        print(message, flush=True)
+
+
+def _distributed_dataset(strategy, config, split, training, seed, skip_batches=0):
+    def dataset_fn(input_context):
+        load = lambda context, batch_size: data.load(  # noqa: E731
+            config.dataset,
+            split,
+            data_dir=config.data_dir,
+            global_batch_size=batch_size,
+            input_context=context,
+            training=training,
+            image_size=config.image_size,
+            seed=seed,
+        )
+        if config.input_sharding == "pipeline" or not training:
+            dataset = load(input_context, config.batch_size)
+        else:
+            # Every pipeline builds the same global batches and keeps its own
+            # contiguous slice of each, split into per-replica batches.
+            pipelines = input_context.num_input_pipelines
+            per_pipeline = config.batch_size // pipelines
+            start = input_context.input_pipeline_id * per_pipeline
+            per_replica = input_context.get_per_replica_batch_size(config.batch_size)
+            dataset = load(None, config.batch_size).map(
+                lambda images, labels: (
+                    images[start : start + per_pipeline],
+                    labels[start : start + per_pipeline],
+                )
+            )
+            dataset = dataset.unbatch().batch(per_replica, drop_remainder=True)
+            dataset = dataset.prefetch(tf.data.AUTOTUNE)
+        return dataset.skip(skip_batches) if skip_batches else dataset
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _set_policy(mixed_precision):
+    previous = keras.mixed_precision.global_policy().name
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy(f"mixed_{mixed_precision}")
+    return previous
+
+
+def train(config, *, strategy=None):
+    """Trains (or resumes training) as `config` says; returns a `TrainResult`
+    (the model and the final metrics, also written to `model_dir/metrics.json`).
+
+    Args:
+        config: A `TrainConfig`.
+        strategy: A `tf.distribute.Strategy` to use instead of the one
+            `config.strategy` names (tests pass one with logical devices).
+
+    Raises:
+        ValueError: an invalid configuration, before anything is built.
+        TrainingDiverged: the loss became non-finite.
+    """
+    config.validate()
+    strategy = strategy or distribute.make_strategy(config.strategy, config.tpu)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ConfigError(
+            f"batch_size={config.batch_size} does not divide over {replicas} replicas; "
+            f"use a multiple of {replicas}."
+        )
+    info = data.info(config.dataset, data_dir=config.data_dir, image_size=config.image_size)
+    steps_per_epoch = config.steps_per_epoch or info.train_examples // config.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"batch_size={config.batch_size} exceeds the {info.train_examples} training examples."
+        )
+    chief = distribute.is_chief(strategy)
+    out_dir = distribute.worker_dir(config.model_dir, strategy)
+    os.makedirs(out_dir, exist_ok=True)
+
+    previous_policy = _set_policy(config.mixed_precision)
+    try:
+        keras.utils.set_random_seed(config.seed)
+        with strategy.scope():
+            overrides = {}
+            if config.norm == "batch" and config.sync_bn:
+                overrides["synchronized_bn"] = True
+            if config.skipinit_alpha is not None:
+                overrides["skipinit_alpha"] = config.skipinit_alpha
+            model = models.build(
+                config.model,
+                norm=config.norm,
+                num_classes=info.num_classes,
+                input_shape=info.image_shape,
+                **overrides,
+            )
+            optimizer = make_optimizer(config, steps_per_epoch)
+            optimizer.build(model.trainable_variables)
+            checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        return _run(config, strategy, model, optimizer, checkpoint, info, steps_per_epoch, chief, out_dir)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _run(config, strategy, model, optimizer, checkpoint, info, steps_per_epoch, chief, out_dir):
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(out_dir, "checkpoints"), max_to_keep=config.max_checkpoints
+    )
+    # Every worker resumes from the chief's checkpoints.
+    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+    if latest:
+        _check_same_model(config)
+        # Every variable, BatchNorm statistics and optimizer slots included.
+        checkpoint.restore(latest).assert_consumed()
+        if config.schedule == "constant":
+            # A constant learning rate is an optimizer variable, restored with
+            # the rest; the flag given now wins.
+            optimizer.learning_rate = config.learning_rate
+    step = int(optimizer.iterations.numpy())
+    total_steps = config.epochs * steps_per_epoch
+    metrics_path = os.path.join(out_dir, "metrics.json")
+    history = [h for h in _read_history(metrics_path) if h["epoch"] < step // steps_per_epoch]
+
+    train_step = TrainStep(model, optimizer, strategy, config.batch_size, config.jit_compile)
+    eval_step = EvalStep(model, strategy)
+    writer = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard"))
+    environment = _environment(strategy, train_step, steps_per_epoch)
+    if chief:
+        _write_json(
+            os.path.join(out_dir, "flags.json"),
+            {"config": dataclasses.asdict(config), "environment": environment},
+        )
+    _log(
+        config,
+        f"normzoo: {config.model} norm={config.norm} on {config.dataset} "
+        f"({info.train_examples} train / {info.test_examples} test, image {info.image_shape}); "
+        f"{model.count_params():,} parameters; {environment['num_replicas']} replica(s); "
+        f"global batch {config.batch_size}; {steps_per_epoch} steps/epoch x {config.epochs} epochs",
+    )
+    if latest:
+        _log(config, f"Resumed from {latest} at step {step}.")
+
+    started = time.time()
+    described = False
+    last_saved = step
+    for epoch in range(step // steps_per_epoch, config.epochs):
+        skip = step - epoch * steps_per_epoch
+        dataset = _distributed_dataset(
+            strategy, config, "train", True, config.seed + epoch, skip_batches=skip
+        )
+        iterator = iter(dataset)
+        progress = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
+        if config.verbose and chief:
+            print(f"Epoch {epoch + 1}/{config.epochs}", flush=True)
+        sums = np.zeros(3)
+        for _ in range(skip, steps_per_epoch):
+            images, labels = next(iterator)
+            result = np.array([float(v) for v in train_step(images, labels)])
+            if not described:
+                _log(config, f"Training step: {train_step.describe()}.")
+                described = True
+            step += 1
+            if not math.isfinite(result[0]):
+                raise TrainingDiverged(
+                    f"The training loss became {result[0] / result[2]} at step {step}; stopped "
+                    f"before writing a checkpoint. The last good checkpoint is kept: "
+                    f"{manager.latest_checkpoint or 'none was written yet'}. Lower "
+                    f"--learning_rate or add warm-up (--warmup_epochs)."
+                )
+            sums += result
+            if config.verbose and chief:
+                progress.update(
+                    step - epoch * steps_per_epoch,
+                    [("loss", sums[0] / sums[2]), ("accuracy", sums[1] / sums[2])],
+                )
+            if config.checkpoint_steps and step % config.checkpoint_steps == 0:
+                manager.save(checkpoint_number=step)
+                last_saved = step
+        test = evaluate(eval_step, _distributed_dataset(strategy, config, info.test_split, False, config.seed))
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": sums[0] / max(sums[2], 1),
+            "train_accuracy": sums[1] / max(sums[2], 1),
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+        }
+        history.append(record)
+        with writer.as_default(step=step):
+            for key, value in record.items():
+                if key not in ("epoch", "step"):
+                    tf.summary.scalar(key, value)
+        writer.flush()
+        if last_saved != step:
+            manager.save(checkpoint_number=step)
+            last_saved = step
+        _log(
+            config,
+            f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f} "
+            f"accuracy {record['train_accuracy']:.4f}; test loss {test['loss']:.4f} "
+            f"accuracy {test['accuracy']:.4f}",
+        )
+
+    if not history:  # nothing left to train: report the restored model
+        test = evaluate(eval_step, _distributed_dataset(strategy, config, info.test_split, False, config.seed))
+        history.append({"epoch": config.epochs - 1, "step": step, "test_loss": test["loss"],
+                        "test_accuracy": test["accuracy"]})
+    weights_path = os.path.join(out_dir, "model.weights.h5")
+    model.save_weights(weights_path)
+    final = {
+        "model": config.model,
+        "norm": config.norm,
+        "dataset": config.dataset,
+        "steps": step,
+        "total_steps": total_steps,
+        "test_accuracy": history[-1]["test_accuracy"],
+        "test_loss": history[-1]["test_loss"],
+        "train_seconds_this_run": time.time() - started,
+        "xla": train_step.describe(),
+        "history": history,
+    }
+    _write_json(metrics_path, final)
+    _log(config, f"Final test accuracy {final['test_accuracy']:.4f}; wrote {weights_path}.")
+    return TrainResult(model=model, metrics=final)
+
+
+def evaluate(eval_step, dataset):
+    """Mean loss and top-1 accuracy of `eval_step` over a distributed dataset."""
+    sums = np.zeros(3)
+    for images, labels in dataset:
+        sums += np.array([float(v) for v in eval_step(images, labels)])
+    return {"loss": sums[0] / max(sums[2], 1), "accuracy": sums[1] / max(sums[2], 1)}

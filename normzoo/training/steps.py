@@ -1,0 +1,156 @@
+"""Training and evaluation steps under any strategy, with or without XLA."""
+
+from collections import Counter
+
+import keras
+import tensorflow as tf
+from absl import logging
+from tensorflow.python.eager import context as eager_context
+
+from normzoo.training.distribute import XLA_FORMS, choose_xla_form
+
+
+def _sum_over_replicas(strategy, per_replica):
+    return tf.nest.map_structure(
+        lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None), per_replica
+    )
+
+
+class TrainStep:
+    """One optimizer step on a distributed batch, in the XLA form that works
+    under the strategy at hand (see `normzoo.training.distribute`).
+
+    Calling it with a distributed `(images, labels)` batch runs one step and
+    returns the global `(loss_sum, correct, count)`: the sum of per-example
+    losses, the number of correct top-1 predictions and of examples. The
+    loss being minimized is the mean over the global batch plus the model's
+    regularization losses.
+
+    Attributes:
+        form: the XLA form used, a key of `XLA_FORMS`.
+        xla_evidence: after the first call, what shows that XLA compiled
+            something (or None when no XLA was asked for).
+    """
+
+    def __init__(self, model, optimizer, strategy, global_batch_size, jit_compile):
+        self.model = model
+        self.optimizer = optimizer
+        self.strategy = strategy
+        self.global_batch_size = global_batch_size
+        self.form = choose_xla_form(strategy, jit_compile)
+        self.xla_evidence = None
+        self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+        self._function = self._build(self.form)
+        self._calls = 0
+
+    def _forward_backward(self, images, labels):
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.model(images, training=True), tf.float32)
+            per_example = self._loss(labels, logits)
+            loss = tf.reduce_sum(per_example) / self.global_batch_size
+            if self.model.losses:
+                replicas = self.strategy.num_replicas_in_sync
+                loss += tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses]) / replicas
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, variables)
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32)
+        )
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return (tf.reduce_sum(per_example), correct, count), gradients
+
+    def _replica_step(self, images, labels):
+        if self.form == "segmented":
+            with tf.xla.experimental.jit_scope(compile_ops=True, separate_compiled_gradients=False):
+                metrics, gradients = self._forward_backward(images, labels)
+        else:
+            metrics, gradients = self._forward_backward(images, labels)
+        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        return metrics
+
+    def _build(self, form):
+        replica_step = self._replica_step
+        if form == "replica_step":
+            replica_step = tf.function(self._replica_step, jit_compile=True)
+
+        def step(images, labels):
+            per_replica = self.strategy.run(replica_step, args=(images, labels))
+            return _sum_over_replicas(self.strategy, per_replica)
+
+        return tf.function(step, jit_compile=(form == "whole_step"))
+
+    def __call__(self, images, labels):
+        self._calls += 1
+        if self._calls > 1:
+            return self._function(images, labels)
+        try:
+            return self._first_call(images, labels)
+        except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError) as error:
+            if self.form != "replica_step":
+                raise
+            # The whole replica step did not compile here (e.g. a collective
+            # XLA cannot compile on these devices): fall back to the form
+            # that keeps collectives out of the compiled clusters.
+            logging.warning("XLA could not compile the whole replica step (%s); using the "
+                            "segmented form instead.", str(error).splitlines()[0])
+            self.form = "segmented"
+            self._function = self._build(self.form)
+            return self._first_call(images, labels)
+
+    def _first_call(self, images, labels):
+        if self.form == "whole_step":
+            hlo = self._function.experimental_get_compiler_ir(images, labels)(stage="hlo")
+            instructions = sum(1 for line in hlo.splitlines() if " = " in line)
+            self.xla_evidence = f"the step compiled to one HLO module of {instructions} instructions"
+            return self._function(images, labels)
+        if self.form in ("none", "tpu"):
+            return self._function(images, labels)
+        context = eager_context.context()
+        context.enable_run_metadata()
+        try:
+            result = self._function(images, labels)
+            metadata = context.export_run_metadata()
+        finally:
+            context.disable_run_metadata()
+        ops = Counter(
+            node.op
+            for graph in metadata.function_graphs
+            for partition in graph.partition_graphs
+            for node in partition.node
+        )
+        launched = ops["_XlaRun"] + ops["XlaLaunch"]
+        self.xla_evidence = f"XLA ran {launched} compiled clusters in the first step"
+        return result
+
+    def describe(self):
+        text = XLA_FORMS[self.form]
+        return f"{text}; {self.xla_evidence}" if self.xla_evidence else text
+
+
+class EvalStep:
+    """Inference on a distributed batch; returns the global
+    `(loss_sum, correct, count)`."""
+
+    def __init__(self, model, strategy):
+        self.model = model
+        self.strategy = strategy
+        self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+        def replica_step(images, labels):
+            logits = tf.cast(model(images, training=False), tf.float32)
+            predictions = tf.argmax(logits, -1, output_type=labels.dtype)
+            return (
+                tf.reduce_sum(self._loss(labels, logits)),
+                tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32)),
+                tf.cast(tf.shape(labels)[0], tf.float32),
+            )
+
+        @tf.function
+        def step(images, labels):
+            return _sum_over_replicas(strategy, strategy.run(replica_step, args=(images, labels)))
+
+        self._function = step
+
+    def __call__(self, images, labels):
+        return self._function(images, labels)
