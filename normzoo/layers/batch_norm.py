@@ -3,7 +3,7 @@
 import keras
 from keras import constraints, initializers, ops, regularizers
 
-from normzoo.layers import _distributed_moments
+from normzoo.layers import _distributed_moments, _fused
 from normzoo.layers._statistics import (
     broadcast_shape,
     normalize_axes,
@@ -143,6 +143,8 @@ class BatchNorm(keras.layers.Layer):
             )
         self._reduction_axes = [a for a in range(ndim) if a != feature_axis]
         self._broadcast_shape = broadcast_shape(input_shape, (feature_axis,))
+        # The fused kernel serves 4-D channels-last or channels-first input.
+        self._fused_data_format = _fused.DATA_FORMATS.get(feature_axis) if ndim == 4 else None
         dtype = statistics_dtype(self.variable_dtype)
         shape = (channels,)
         self.gamma = None
@@ -196,13 +198,39 @@ class BatchNorm(keras.layers.Layer):
     def _reshape(self, statistic):
         return ops.reshape(statistic, self._broadcast_shape)
 
-    def _batch_moments(self, x):
-        context = None
-        if self.synchronized:
-            context = _distributed_moments.sync_replica_context()
+    def _train_forward(self, x):
+        """Normalizes with the batch's statistics and updates the moving ones."""
+        context = _distributed_moments.sync_replica_context() if self.synchronized else None
+        if context is None and self._fused_data_format:
+            ones = ops.ones(self.moving_mean.shape, x.dtype)
+            outputs, mean, variance = _fused.batch_norm_training(
+                x,
+                self.gamma if self.scale else ones,
+                self.beta if self.center else ops.zeros_like(ones),
+                self.epsilon,
+                self._fused_data_format,
+            )
+            self._update_moving_statistics(mean, variance)
+            return outputs
         if context is not None:
-            return _distributed_moments.global_moments(x, self._reduction_axes, context)
-        return moments(x, self._reduction_axes)
+            mean, variance, centered = _distributed_moments.global_moments(
+                x, self._reduction_axes, context
+            )
+        else:
+            mean, variance, centered = moments(x, self._reduction_axes)
+        self._update_moving_statistics(mean, variance)
+        return self._scale_and_offset(centered, variance)
+
+    def _scale_and_offset(self, centered, variance):
+        # centered * scale, not x * scale - mean * scale: the latter loses
+        # the signal to rounding when |mean| >> std.
+        inverse_std = ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            inverse_std = inverse_std * self._reshape(self.gamma)
+        outputs = centered * inverse_std
+        if self.center:
+            outputs = outputs + self._reshape(self.beta)
+        return outputs
 
     def _update_moving_statistics(self, mean, variance):
         mean = ops.reshape(mean, (-1,))
@@ -213,22 +241,13 @@ class BatchNorm(keras.layers.Layer):
             moving.assign(ops.where(finite, updated, moving))
 
     def call(self, inputs, training=None):
-        dtype = self.moving_mean.dtype
-        x = ops.cast(inputs, dtype)
+        x = ops.cast(inputs, self.moving_mean.dtype)
         if training and self.trainable and not self.frozen_stats:
-            mean, variance, centered = self._batch_moments(x)
-            self._update_moving_statistics(mean, variance)
+            outputs = self._train_forward(x)
         else:
-            variance = self._reshape(self.moving_variance)
-            centered = x - self._reshape(self.moving_mean)
-        # (x - mean) * scale, not x * scale - mean * scale: the latter loses
-        # the signal to rounding when |mean| >> std.
-        inverse_std = ops.rsqrt(variance + self.epsilon)
-        if self.scale:
-            inverse_std = inverse_std * self._reshape(self.gamma)
-        outputs = centered * inverse_std
-        if self.center:
-            outputs = outputs + self._reshape(self.beta)
+            outputs = self._scale_and_offset(
+                x - self._reshape(self.moving_mean), self._reshape(self.moving_variance)
+            )
         return ops.cast(outputs, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

@@ -197,7 +197,8 @@ def test_frozen_stats_keeps_statistics_bit_identical_through_fit_while_gamma_bet
     assert np.abs(bn.beta.numpy() - beta).max() > 1e-4
 
 
-@pytest.mark.parametrize("shape", [(64, 4, 4, 3), (32, 2, 2, 3)])
+# 4-D input takes the fused kernel, other ranks the composed formula.
+@pytest.mark.parametrize("shape", [(64, 4, 4, 3), (32, 2, 2, 3), (128, 3), (16, 8, 3)])
 def test_variance_is_accurate_and_non_negative_when_mean_dwarfs_std(shape):
     for seed in range(10):
         rng = np.random.default_rng(seed)
@@ -210,8 +211,9 @@ def test_variance_is_accurate_and_non_negative_when_mean_dwarfs_std(shape):
         np.testing.assert_allclose(got, expected, rtol=0.01, err_msg=f"seed {seed}")
         # The normalized output has unit variance and zero mean per channel.
         y = np.asarray(BatchNorm(epsilon=1e-12)(x, training=True), np.float64)
-        np.testing.assert_allclose(y.std(axis=(0, 1, 2)), 1.0, rtol=0.01, err_msg=f"seed {seed}")
-        np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=0.01, err_msg=f"seed {seed}")
+        axes = tuple(range(len(shape) - 1))
+        np.testing.assert_allclose(y.std(axis=axes), 1.0, rtol=0.01, err_msg=f"seed {seed}")
+        np.testing.assert_allclose(y.mean(axis=axes), 0.0, atol=0.01, err_msg=f"seed {seed}")
 
 
 def test_non_finite_batch_statistic_never_enters_the_moving_averages():
@@ -355,7 +357,7 @@ def test_xla_training_step_equals_eager_step():
     hlo = compiled_step.experimental_get_compiler_ir(xla_model, tf.constant(x), tf.constant(y))(
         stage="hlo"
     )
-    assert "convolution" in hlo and "rsqrt" in hlo
+    assert "convolution" in hlo and ("rsqrt" in hlo or "batch-norm-training" in hlo)
     for eager_weight, xla_weight in zip(eager_model.get_weights(), xla_model.get_weights()):
         np.testing.assert_allclose(xla_weight, eager_weight, atol=1e-5, rtol=1e-5)
 
