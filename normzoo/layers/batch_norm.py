@@ -1,9 +1,10 @@
 """Batch normalization that gets fine-tuning and distribution right."""
 
 import keras
-from keras import constraints, initializers, ops, regularizers
+from keras import initializers, ops
 
 from normzoo.layers import _distributed_moments, _fused
+from normzoo.layers._affine import AffineNormalization
 from normzoo.layers._statistics import (
     broadcast_shape,
     normalize_axes,
@@ -13,7 +14,7 @@ from normzoo.layers._statistics import (
 
 
 @keras.saving.register_keras_serializable(package="normzoo")
-class BatchNorm(keras.layers.Layer):
+class BatchNorm(AffineNormalization):
     """Batch normalization (Ioffe & Szegedy, 2015).
 
     Normalizes each feature (each channel of an image tensor) with statistics
@@ -108,28 +109,28 @@ class BatchNorm(keras.layers.Layer):
         gamma_constraint=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(
+            epsilon=epsilon,
+            center=center,
+            scale=scale,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+            **kwargs,
+        )
         if not isinstance(axis, int):
             raise TypeError(f"`axis` must be an int (the feature axis); got {axis!r}.")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"`momentum` must be in [0, 1]; got {momentum}.")
-        if epsilon <= 0:
-            raise ValueError(f"`epsilon` must be positive; got {epsilon}.")
         self.axis = axis
         self.momentum = float(momentum)
-        self.epsilon = float(epsilon)
-        self.center = center
-        self.scale = scale
         self.synchronized = synchronized
         self.frozen_stats = frozen_stats
-        self.beta_initializer = initializers.get(beta_initializer)
-        self.gamma_initializer = initializers.get(gamma_initializer)
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
-        self.beta_regularizer = regularizers.get(beta_regularizer)
-        self.gamma_regularizer = regularizers.get(gamma_regularizer)
-        self.beta_constraint = constraints.get(beta_constraint)
-        self.gamma_constraint = constraints.get(gamma_constraint)
 
     def build(self, input_shape):
         ndim = len(input_shape)
@@ -147,30 +148,7 @@ class BatchNorm(keras.layers.Layer):
         self._fused_data_format = _fused.DATA_FORMATS.get(feature_axis) if ndim == 4 else None
         dtype = statistics_dtype(self.variable_dtype)
         shape = (channels,)
-        self.gamma = None
-        self.beta = None
-        if self.scale:
-            self.gamma = self.add_weight(
-                shape=shape,
-                name="gamma",
-                dtype=dtype,
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                trainable=True,
-                autocast=False,
-            )
-        if self.center:
-            self.beta = self.add_weight(
-                shape=shape,
-                name="beta",
-                dtype=dtype,
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                trainable=True,
-                autocast=False,
-            )
+        self.build_affine(shape, dtype)
         self.moving_mean = self._add_statistic("moving_mean", shape, dtype, self.moving_mean_initializer)
         self.moving_variance = self._add_statistic(
             "moving_variance", shape, dtype, self.moving_variance_initializer
@@ -257,20 +235,11 @@ class BatchNorm(keras.layers.Layer):
         config = {
             "axis": self.axis,
             "momentum": self.momentum,
-            "epsilon": self.epsilon,
-            "center": self.center,
-            "scale": self.scale,
             "synchronized": self.synchronized,
             "frozen_stats": self.frozen_stats,
-            "beta_initializer": initializers.serialize(self.beta_initializer),
-            "gamma_initializer": initializers.serialize(self.gamma_initializer),
             "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
             "moving_variance_initializer": initializers.serialize(
                 self.moving_variance_initializer
             ),
-            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
-            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
-            "beta_constraint": constraints.serialize(self.beta_constraint),
-            "gamma_constraint": constraints.serialize(self.gamma_constraint),
         }
         return {**super().get_config(), **config}

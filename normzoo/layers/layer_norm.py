@@ -1,8 +1,9 @@
 """Layer normalization with separate normalization and parameter axes."""
 
 import keras
-from keras import constraints, initializers, ops, regularizers
+from keras import ops
 
+from normzoo.layers._affine import AffineNormalization
 from normzoo.layers._statistics import (
     broadcast_shape,
     normalize_axes,
@@ -12,7 +13,7 @@ from normzoo.layers._statistics import (
 
 
 @keras.saving.register_keras_serializable(package="normzoo")
-class LayerNorm(keras.layers.Layer):
+class LayerNorm(AffineNormalization):
     """Layer normalization (Ba et al., 2016).
 
     Normalizes each sample on its own, over the axes `axis`, then applies a
@@ -71,20 +72,20 @@ class LayerNorm(keras.layers.Layer):
         gamma_constraint=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        if epsilon <= 0:
-            raise ValueError(f"`epsilon` must be positive; got {epsilon}.")
+        super().__init__(
+            epsilon=epsilon,
+            center=center,
+            scale=scale,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+            **kwargs,
+        )
         self.axis = axis if isinstance(axis, int) else tuple(axis)
         self.param_axis = param_axis if isinstance(param_axis, int) else tuple(param_axis)
-        self.epsilon = float(epsilon)
-        self.center = center
-        self.scale = scale
-        self.beta_initializer = initializers.get(beta_initializer)
-        self.gamma_initializer = initializers.get(gamma_initializer)
-        self.beta_regularizer = regularizers.get(beta_regularizer)
-        self.gamma_regularizer = regularizers.get(gamma_regularizer)
-        self.beta_constraint = constraints.get(beta_constraint)
-        self.gamma_constraint = constraints.get(gamma_constraint)
 
     def build(self, input_shape):
         ndim = len(input_shape)
@@ -104,30 +105,7 @@ class LayerNorm(keras.layers.Layer):
         self._param_broadcast_shape = broadcast_shape(input_shape, param_axes)
         shape = tuple(input_shape[a] for a in param_axes)
         dtype = statistics_dtype(self.variable_dtype)
-        self.gamma = None
-        self.beta = None
-        if self.scale:
-            self.gamma = self.add_weight(
-                shape=shape,
-                name="gamma",
-                dtype=dtype,
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                trainable=True,
-                autocast=False,
-            )
-        if self.center:
-            self.beta = self.add_weight(
-                shape=shape,
-                name="beta",
-                dtype=dtype,
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                trainable=True,
-                autocast=False,
-            )
+        self.build_affine(shape, dtype)
         self.input_spec = keras.InputSpec(
             ndim=ndim, axes={a: input_shape[a] for a in param_axes}
         )
@@ -147,17 +125,4 @@ class LayerNorm(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        config = {
-            "axis": self.axis,
-            "param_axis": self.param_axis,
-            "epsilon": self.epsilon,
-            "center": self.center,
-            "scale": self.scale,
-            "beta_initializer": initializers.serialize(self.beta_initializer),
-            "gamma_initializer": initializers.serialize(self.gamma_initializer),
-            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
-            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
-            "beta_constraint": constraints.serialize(self.beta_constraint),
-            "gamma_constraint": constraints.serialize(self.gamma_constraint),
-        }
-        return {**super().get_config(), **config}
+        return {**super().get_config(), "axis": self.axis, "param_axis": self.param_axis}
