@@ -5,6 +5,7 @@ single-device run on the same global batches."""
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -152,3 +153,17 @@ def test_mirrored_run_equals_single_device_run_on_the_same_global_batches(
                 np.testing.assert_array_equal(copy, copies[0], err_msg=variable.path)
     if sync_bn:
         assert_same_weights(tmp_path / "single" / "model.weights.h5", tmp_path / "mirrored" / "model.weights.h5", atol=2e-5)
+
+
+@pytest.mark.parametrize("mixed_precision", ["float16", "bfloat16"])
+def test_mixed_precision_run_keeps_float32_variables_and_tracks_the_float32_run(tmp_path, mixed_precision):
+    reference = train(tiny_config(tmp_path / "float32", epochs=1)).metrics
+    result = train(tiny_config(tmp_path / mixed_precision, epochs=1, mixed_precision=mixed_precision))
+    for variable in result.model.variables:
+        assert variable.dtype == "float32", variable.path
+    assert any("moving_mean" in v.path for v in result.model.variables)
+    history, expected = result.metrics["history"][-1], reference["history"][-1]
+    assert np.isfinite(history["train_loss"])
+    # Three steps in half precision follow the float32 trajectory closely.
+    np.testing.assert_allclose(history["train_loss"], expected["train_loss"], rtol=0.05)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
