@@ -1,0 +1,96 @@
+"""Publishes a finished training run into checkpoints/: copies its final
+`model.weights.h5` and records it in `checkpoints/manifest.json` with the
+model, dataset, test accuracy, sha256 and the exact command that trained it.
+
+    python scripts/train.py --norm=layer --model_dir=runs/resnet20_layer
+    python scripts/publish_checkpoint.py --model_dir=runs/resnet20_layer --name=resnet20_layer_digits
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+
+from absl import app, flags
+
+flags.DEFINE_string("model_dir", None, "The finished run's --model_dir.", required=True)
+flags.DEFINE_string("name", None, "Name of the checkpoint in the manifest.", required=True)
+flags.DEFINE_string(
+    "checkpoints_dir",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints"),
+    "Where the weights and manifest.json go.",
+)
+FLAGS = flags.FLAGS
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def command_line(config):
+    """The scripts/train.py command that reproduces `config` (non-defaults only)."""
+    from normzoo.training import TrainConfig
+
+    defaults = dataclasses.asdict(TrainConfig())
+    parts = ["python scripts/train.py"]
+    for name, value in config.items():
+        if name in ("verbose", "model_dir") or value == defaults.get(name):
+            continue
+        if isinstance(value, bool):
+            parts.append(f"--{name}" if value else f"--no{name}")
+        elif value is None:
+            parts.append(f"--{name}=0")  # image_size / steps_per_epoch: 0 means unset
+        else:
+            parts.append(f"--{name}={value}")
+    return " ".join(parts)
+
+
+def main(argv):
+    del argv
+    with open(os.path.join(FLAGS.model_dir, "flags.json")) as f:
+        resolved = json.load(f)
+    with open(os.path.join(FLAGS.model_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    config = resolved["config"]
+    if metrics["steps"] != metrics["total_steps"]:
+        raise app.UsageError(
+            f"{FLAGS.model_dir} stopped at step {metrics['steps']} of {metrics['total_steps']}: "
+            "finish the run (re-run its command) before publishing it."
+        )
+    os.makedirs(FLAGS.checkpoints_dir, exist_ok=True)
+    file_name = f"{FLAGS.name}.weights.h5"
+    destination = os.path.join(FLAGS.checkpoints_dir, file_name)
+    shutil.copyfile(os.path.join(FLAGS.model_dir, "model.weights.h5"), destination)
+    entry = {
+        "name": FLAGS.name,
+        "file": file_name,
+        "sha256": sha256(destination),
+        "model": config["model"],
+        "norm": config["norm"],
+        "dataset": config["dataset"],
+        "image_size": config["image_size"],
+        "test_accuracy": metrics["test_accuracy"],
+        "epochs": config["epochs"],
+        "command": command_line(config),
+        "tensorflow": resolved["environment"]["tensorflow"],
+        "keras": resolved["environment"]["keras"],
+    }
+    manifest_path = os.path.join(FLAGS.checkpoints_dir, "manifest.json")
+    manifest = []
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            manifest = [e for e in json.load(f) if e["name"] != FLAGS.name]
+    manifest.append(entry)
+    with open(manifest_path, "w") as f:
+        json.dump(sorted(manifest, key=lambda e: e["name"]), f, indent=2)
+        f.write("\n")
+    print(json.dumps(entry, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)
