@@ -54,19 +54,26 @@ def check_name(name):
     _builder(name)
 
 
-def build(name, *, norm="batch", num_classes=None, input_shape=None, **overrides):
+def build(name, *, norm=None, num_classes=None, input_shape=None, weights=None, **overrides):
     """Builds a residual network of the zoo, with the normalization `norm`.
 
     Args:
         name: One of `names()`, or any "wrn_<n>_<k>".
         norm: "batch", "layer", "skipinit" or "none" (see
-            `normzoo.models.blocks`).
+            `normzoo.models.blocks`); None for "batch" (or, with `weights`,
+            the checkpoint's).
         num_classes: Size of the classifier; None for the family's default
             (1000 for ImageNet ResNets, 10 for CIFAR ResNets and
             Wide-ResNets); 0 for no classifier (the pooled features).
         input_shape: Channels-last input shape; None for the family's
             default ((224, 224, 3) for ImageNet ResNets, (32, 32, 3)
             otherwise).
+        weights: None, or a checkpoint to restore every variable from (any
+            format of `normzoo.checkpoints.restore`). The model is then
+            built as the checkpoint requires: its normalization, number of
+            classes, width and layout (e.g. "slim" for a TF-slim
+            checkpoint) unless given; see
+            `normzoo.checkpoints.build.build_with_weights`.
         **overrides: Keyword arguments of the family's builder:
             `resnet.resnet` (layout, width, ...), `cifar_resnet.cifar_resnet`
             (width, ...) or `wide_resnet.wide_resnet` (dropout_rate, ...); all
@@ -75,12 +82,22 @@ def build(name, *, norm="batch", num_classes=None, input_shape=None, **overrides
 
     Returns:
         An uncompiled `keras.Model` mapping images to logits (or features),
-        whose layers are named as `normzoo.models.blocks` describes.
+        whose layers are named as `normzoo.models.blocks` describes. With
+        `weights`, `model.restore_report` says what was restored.
 
     Raises:
         ValueError: for an unknown model name, norm or override, naming the
             valid ones.
+        normzoo.checkpoints.RestoreError: `weights` cannot be restored into
+            the model (nothing is returned).
     """
+    if weights is not None:
+        # Imported here: normzoo.checkpoints builds on normzoo.models.
+        from normzoo.checkpoints.build import build_with_weights  # noqa: PLC0415
+
+        return build_with_weights(
+            name, weights, norm=norm, num_classes=num_classes, input_shape=input_shape, **overrides
+        )
     builder = _builder(name)
     parameters = inspect.signature(builder.func).parameters
     valid = [
@@ -94,7 +111,7 @@ def build(name, *, norm="batch", num_classes=None, input_shape=None, **overrides
             f"Unknown argument(s) {', '.join(unknown)} for {name!r}; "
             f"valid overrides: {', '.join(valid)}."
         )
-    arguments = {"norm": norm, **overrides}
+    arguments = {"norm": norm or "batch", **overrides}
     if num_classes is not None:
         arguments["num_classes"] = num_classes
     if input_shape is not None:

@@ -1,0 +1,22 @@
+"""Restoring pretrained ResNets with every variable, BatchNorm statistics included.
+
+    report = normzoo.checkpoints.restore(model, "resnet50_weights_tf_dim_ordering_tf_kernels.h5")
+    model = normzoo.models.build("resnet50v2", weights="resnet_v2_50.ckpt")  # TF-slim
+
+A restore is all or nothing: it reads and checks the whole checkpoint
+first, and either every variable of the model is restored (moving mean and
+variance included) or `RestoreError` says which variables are missing,
+unexpected, of another shape or not finite, and nothing is changed.
+`strict=False` restores what matches; the `RestoreReport` names the rest.
+The formats read are listed in `FORMATS`.
+
+Article 002 of the design notes is the failure this prevents: a pretrained
+network restored from its trainable variables only keeps initial BatchNorm
+statistics, still "loads" and still trains, and predicts badly.
+"""
+
+from normzoo.checkpoints.report import RestoreError, RestoreReport, ShapeMismatch
+from normzoo.checkpoints.restore import read, restore
+from normzoo.checkpoints.source import FORMATS
+
+__all__ = ["FORMATS", "RestoreError", "RestoreReport", "ShapeMismatch", "read", "restore"]

@@ -1,0 +1,294 @@
+"""`restore(model, path)`: every variable, all or nothing."""
+
+import dataclasses
+import os
+import re
+import zipfile
+
+import h5py
+import keras
+import numpy as np
+import tensorflow as tf
+
+from normzoo.checkpoints import keras_files, tf_checkpoints
+from normzoo.checkpoints.report import RestoreError, RestoreReport, ShapeMismatch
+from normzoo.checkpoints.source import FORMATS, architecture
+
+_TF_DATA_FILE = re.compile(r"\.data-\d+-of-\d+$")
+
+
+def restore(model, path, *, strict=True, skip=()):
+    """Restores every variable of `model` from the checkpoint at `path`.
+
+    Reads and checks the whole checkpoint before assigning anything: with
+    `strict=True` either every variable of the model (BatchNorm moving
+    statistics included) is restored, or `RestoreError` is raised and every
+    variable keeps its value, bit for bit.
+
+    Variables are matched by layer name and weight name (or the weight's
+    position in its layer, for Keras 3 weights files, which record only the
+    order); the names are those of `normzoo.models.blocks`, which are
+    keras.applications' names and map one to one onto TF-slim's (see
+    `normzoo.checkpoints.slim`). The formats are `normzoo.checkpoints.FORMATS`:
+
+    - normzoo's training checkpoints: a `model_dir/checkpoints` directory
+      (its latest checkpoint) or a checkpoint prefix (`.../ckpt-1200`); the
+      model's variables are restored, the optimizer's ignored;
+    - Keras 3 `.weights.h5` and `.keras` files (normzoo's `model.weights.h5`,
+      or saved from keras.applications models);
+    - Keras 2 HDF5 weight files, as keras.applications distributes them
+      (`resnet50_weights_tf_dim_ordering_tf_kernels.h5`, `_notop.h5`,
+      101/152 and V2);
+    - TF1 checkpoints of TF-slim `resnet_v1_*` / `resnet_v2_*`.
+
+    A checkpoint fits a model only if it was saved from the same
+    architecture; `normzoo.models.build(name, weights=path)` builds the model
+    in the checkpoint's layout and size.
+
+    Args:
+        model: A built Keras model, e.g. from `normzoo.models.build`.
+        path: A checkpoint file, prefix or directory (see above).
+        strict: If True, raise `RestoreError` unless every model variable not
+            named in `skip` is restored and every checkpoint tensor of the
+            model is used. If False, restore every variable that has a
+            finite tensor of the right shape and report the rest.
+        skip: Layer names or variable paths (e.g. "predictions" for a new
+            classifier, or "conv1_bn/moving_mean") to leave as they are; they
+            are reported as skipped, and their checkpoint tensors as ignored.
+
+    Returns:
+        A `RestoreReport` naming every model variable and checkpoint tensor.
+
+    Raises:
+        RestoreError: The checkpoint is missing, unreadable or of an unknown
+            format (the message says which formats are known); or, with
+            `strict=True`, variables are missing, unexpected, of another
+            shape, or hold NaN/Inf (each one is named). The model is
+            unchanged.
+        ValueError: `skip` names something the model does not have.
+    """
+    return restore_source(model, read(path), strict=strict, skip=skip)
+
+
+def read(path):
+    """Reads the checkpoint at `path` into a `normzoo.checkpoints.source.Source`."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return tf_checkpoints.read(_latest_checkpoint(path))
+    prefix = _tf_prefix(path)
+    if prefix is not None:
+        return tf_checkpoints.read(prefix)
+    if not os.path.exists(path):
+        raise RestoreError(
+            f"No checkpoint at {path}: no such file, directory or TensorFlow checkpoint "
+            f"prefix ({path}.index does not exist either). Check the path."
+        )
+    if h5py.is_hdf5(path):
+        return keras_files.read_h5(path)
+    if zipfile.is_zipfile(path):
+        return keras_files.read_keras_file(path)
+    known = "\n".join(f"  - {description}" for description in FORMATS.values())
+    raise RestoreError(f"{path} is in none of the checkpoint formats normzoo reads:\n{known}")
+
+
+def _tf_prefix(path):
+    if os.path.exists(f"{path}.index"):
+        return path
+    if path.endswith(".index") and os.path.exists(path):
+        return path[: -len(".index")]
+    if _TF_DATA_FILE.search(path) and os.path.exists(path):
+        return _TF_DATA_FILE.sub("", path)
+    return None
+
+
+def _latest_checkpoint(directory):
+    latest = tf.train.latest_checkpoint(directory)
+    if latest:
+        return latest
+    hints = []
+    if os.path.isdir(os.path.join(directory, "checkpoints")):
+        hints.append(f"its checkpoints/ subdirectory ({os.path.join(directory, 'checkpoints')})")
+    if os.path.exists(os.path.join(directory, "model.weights.h5")):
+        hints.append(os.path.join(directory, "model.weights.h5"))
+    if os.path.exists(os.path.join(directory, "saved_model.pb")):
+        raise RestoreError(
+            f"{directory} is a SavedModel, which holds a graph rather than named "
+            f"weights; it is not supported. Pass a checkpoint or weights file."
+        )
+    hint = f" Pass {' or '.join(hints)}." if hints else ""
+    raise RestoreError(
+        f"{directory} is a directory without TensorFlow checkpoints (no 'checkpoint' "
+        f"index file).{hint}"
+    )
+
+
+def restore_source(model, source, *, strict=True, skip=(), unused=()):
+    """`restore` from a checkpoint already read (see `read`); the tensors of
+    the checkpoint's layers named in `unused` are reported as ignored rather
+    than unexpected (a classifier left out on purpose)."""
+    plan, report = _match(model, source, _skip_set(model, skip), set(unused))
+    if strict and not report.complete:
+        report = dataclasses.replace(report, applied=False)
+        raise RestoreError(_failure_message(model, source, report), report)
+    _assign(plan)
+    return report
+
+
+def _skip_set(model, skip):
+    if isinstance(skip, str):
+        skip = (skip,)
+    paths = {variable.path for variable in model.weights}
+    layer_names = {layer.name for layer in _layers(model)}
+    unknown = [name for name in skip if name not in paths and name not in layer_names]
+    if unknown:
+        raise ValueError(
+            f"skip names {', '.join(map(repr, unknown))}, which model {model.name!r} does "
+            f"not have; give layer names (e.g. 'predictions') or variable paths (e.g. "
+            f"'conv1_bn/moving_mean')."
+        )
+    return set(skip)
+
+
+def _layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+        else:
+            yield layer
+
+
+def _saved_order(layer):
+    """The layer's own variables in the order Keras saves them."""
+    store = {}
+    layer.save_own_variables(store)
+    return [store[str(index)] for index in range(len(store))]
+
+
+def _match(model, source, skip, unused):
+    plan, restored, missing, skipped, mismatched, non_finite = [], [], [], [], [], []
+    used = set()
+    ignored = list(source.ignored)
+    owned = set()
+    for layer in _layers(model):
+        variables = _saved_order(layer)
+        weights = source.layers.get(layer.name, {})
+        positional = bool(weights) and all(isinstance(key, int) for key in weights)
+        for position, variable in enumerate(variables):
+            owned.add(id(variable))
+            key = position if positional else variable.name
+            tensor = weights.get(key)
+            if tensor is not None:
+                used.add((layer.name, key))
+            if layer.name in skip or variable.path in skip:
+                skipped.append(variable.path)
+                if tensor is not None:
+                    ignored.append((tensor.source_name, f"{variable.path} is skipped"))
+            elif tensor is None:
+                missing.append(variable.path)
+            elif tuple(tensor.value.shape) != tuple(variable.shape):
+                mismatched.append(
+                    ShapeMismatch(
+                        variable.path,
+                        tuple(variable.shape),
+                        tensor.source_name,
+                        tuple(tensor.value.shape),
+                    )
+                )
+            elif not _finite(tensor.value):
+                non_finite.append((variable.path, tensor.source_name))
+            else:
+                plan.append((variable, tensor.value))
+                restored.append(variable.path)
+    # Variables no layer owns (none in normzoo's models) are accounted for too.
+    missing.extend(v.path for v in model.weights if id(v) not in owned and v.path not in skip)
+    unexpected = []
+    for layer_name, weights in source.layers.items():
+        for key, tensor in weights.items():
+            if (layer_name, key) in used:
+                continue
+            if layer_name in unused:
+                ignored.append((tensor.source_name, f"the model has no layer {layer_name!r}"))
+            else:
+                unexpected.append(tensor.source_name)
+    report = RestoreReport(
+        source=source.path,
+        format=source.format,
+        restored=tuple(restored),
+        missing=tuple(missing),
+        skipped=tuple(skipped),
+        shape_mismatched=tuple(mismatched),
+        non_finite=tuple(non_finite),
+        unexpected=tuple(unexpected),
+        ignored=tuple(ignored),
+    )
+    return plan, report
+
+
+def _finite(value):
+    value = np.asarray(value)
+    if not np.issubdtype(value.dtype, np.floating) and value.dtype.kind != "V":
+        return True
+    return bool(np.isfinite(value.astype(np.float32)).all())
+
+
+def _assign(plan):
+    # Values are already validated, so an assignment can only fail for
+    # reasons outside the checkpoint (e.g. out of memory): then the
+    # variables assigned so far get their old values back.
+    previous = [variable.numpy() for variable, _ in plan]
+    done = 0
+    try:
+        for variable, value in plan:
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+            done += 1
+    except BaseException:
+        for (variable, _), old in zip(plan[:done], previous):
+            variable.assign(old)
+        raise
+
+
+def _failure_message(model, source, report):
+    lines = [
+        f"Cannot restore {source.path} ({FORMATS[source.format]}) into model "
+        f"{model.name!r}; nothing was changed."
+    ]
+    lines.extend(f"  {problem}" for problem in report.problems())
+    model_names = [layer.name for layer in _layers(model) if layer.weights]
+    source_architecture = architecture(list(source.layers))
+    model_architecture = architecture(model_names)
+    if source_architecture and model_architecture and source_architecture != model_architecture:
+        lines.append(
+            f"  The checkpoint holds another architecture: {source_architecture}; the "
+            f"model has {model_architecture}."
+        )
+    lines.append("Fix: " + _fix(source, report))
+    return "\n".join(lines)
+
+
+_HEAD = "predictions"
+
+
+def _fix(source, report):
+    if report.non_finite and not (report.missing or report.unexpected or report.shape_mismatched):
+        return (
+            "the checkpoint holds NaN/Inf values (a diverged run or a damaged file); "
+            "restore an earlier checkpoint."
+        )
+    differing = [*report.missing, *(mismatch.variable for mismatch in report.shape_mismatched)]
+    source_head = {tensor.source_name for tensor in source.layers.get(_HEAD, {}).values()}
+    if (
+        all(name.startswith(f"{_HEAD}/") for name in differing)
+        and set(report.unexpected) <= source_head
+    ):
+        return (
+            f"only the classifier differs: pass skip=['{_HEAD}'] to keep the model's own "
+            f"classifier (a new head for fine-tuning), or build the model with the "
+            f"checkpoint's number of classes (num_classes=0 for a file without a top)."
+        )
+    return (
+        "build the model the checkpoint was saved from: "
+        "normzoo.models.build(name, weights=path) takes the checkpoint's layout, "
+        "normalization and size. To restore only what matches, pass strict=False "
+        "(the report names what was not restored); to leave layers out on purpose, "
+        "name them in skip=."
+    )

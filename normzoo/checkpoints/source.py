@@ -1,0 +1,126 @@
+"""A checkpoint read into memory, in normzoo's names, whatever its format.
+
+Every reader turns its format into a `Source`: tensors grouped by the
+normzoo (= keras.applications) layer they belong to, converted to Keras
+shapes, each remembering its name in the file for messages. Matching a
+`Source` against a model (`normzoo.checkpoints.restore`) is then one piece
+of code for every format.
+"""
+
+import dataclasses
+import re
+
+import numpy as np
+
+FORMATS = {
+    "normzoo_checkpoint": "TF2 checkpoint of normzoo's training loop "
+    "(tf.train.Checkpoint(model=..., optimizer=...), e.g. model_dir/checkpoints)",
+    "tf_object_checkpoint": "TF2 object-based checkpoint of a Keras model "
+    "(tf.train.Checkpoint or Keras 2 save_weights in the TF format)",
+    "keras_weights_h5": "Keras 3 weights file (.weights.h5)",
+    "keras_file": "Keras 3 model file (.keras)",
+    "keras_legacy_h5": "Keras 2 HDF5 weights (the keras.applications files as distributed, "
+    "e.g. resnet50_weights_tf_dim_ordering_tf_kernels.h5)",
+    "tf_slim": "TF1 name-based checkpoint of a TF-slim resnet_v1/resnet_v2",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    """A checkpoint tensor, already in the shape of the Keras variable it maps to."""
+
+    source_name: str
+    value: np.ndarray
+
+
+@dataclasses.dataclass
+class Source:
+    """A checkpoint's tensors, in memory, keyed by normzoo layer and weight.
+
+    Attributes:
+        path: The file (or checkpoint prefix) read.
+        format: A key of `FORMATS`.
+        layers: {layer name: {key: Tensor}}. A key is the weight's name
+            ("kernel", "moving_mean") when the format records names, or its
+            position in the layer's saved variables (an int) when it records
+            only the order (Keras 3 weights files).
+        ignored: (tensor name, reason) pairs for tensors that are not model
+            weights: optimizer state, step counters.
+        layout: The `normzoo.models.resnet` layout of the architecture the
+            checkpoint comes from, when the format fixes it ("slim" for
+            TF-slim), else None.
+        config_layout: The layout read from a saved model configuration
+            (.keras files), else None.
+    """
+
+    path: str
+    format: str
+    layers: dict
+    ignored: list = dataclasses.field(default_factory=list)
+    layout: str | None = None
+    config_layout: str | None = None
+
+    def weight(self, layer, key):
+        """The Tensor of `layer`'s weight `key` (a name, or a position for
+        positional formats), or None."""
+        weights = self.layers.get(layer, {})
+        if key in weights:
+            return weights[key]
+        if isinstance(key, str) and weights and all(isinstance(k, int) for k in weights):
+            return weights.get(_POSITIONS.get(key))
+        return None
+
+
+# Positions of weights in Keras' saved order (own trainable variables, then
+# non-trainable ones), to read a positional file's kernels (shapes of the
+# stem and the classifier) before a model exists.
+_POSITIONS = {"kernel": 0}
+
+
+_BLOCK = re.compile(r"conv(\d+)_block(\d+)_")
+
+
+def architecture(layer_names):
+    """A description of a residual network from its layer names, e.g.
+    "stages conv2-conv5 of 3, 4, 6, 3 blocks, bottleneck, pre-activation",
+    or None if the names follow no `normzoo.models.blocks` scheme."""
+    blocks = {}
+    for name in layer_names:
+        match = _BLOCK.match(name)
+        if match:
+            stage, unit = int(match[1]), int(match[2])
+            blocks[stage] = max(blocks.get(stage, 0), unit)
+    if not blocks:
+        return None
+    stages = sorted(blocks)
+    kinds = []
+    names = set(layer_names)
+    if any(name.endswith("_3_conv") for name in names):
+        kinds.append("bottleneck")
+    if any("_preact_" in name for name in names):
+        kinds.append("pre-activation")
+    kinds.append(f"norm {norm_of(names)!r}")
+    return (
+        f"stages conv{stages[0]}-conv{stages[-1]} of "
+        f"{', '.join(str(blocks[s]) for s in stages)} blocks, {', '.join(kinds)}"
+    )
+
+
+def norm_of(layer_names):
+    """The `normzoo.models.blocks.NORMS` entry whose layers `layer_names`
+    contain, or None if the names show none (norm "none", or not a zoo
+    model)."""
+    norm = _norm_of(set(layer_names))
+    if norm is None and any(_BLOCK.match(name) for name in layer_names):
+        return "none"
+    return norm
+
+
+def _norm_of(names):
+    if any(name.endswith("_bn") for name in names):
+        return "batch"
+    if any(name.endswith("_ln") for name in names):
+        return "layer"
+    if any(name.endswith("_skipinit") for name in names):
+        return "skipinit"
+    return None

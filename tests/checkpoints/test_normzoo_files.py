@@ -1,0 +1,218 @@
+"""normzoo's own files restore every variable: the training loop's
+checkpoints and final weights, `.weights.h5` and `.keras` files; and
+`build(name, weights=...)` takes from them what they record."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras.src.legacy.saving import legacy_h5_format
+
+from normzoo import checkpoints, models
+from normzoo.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A few steps of the real training loop (WRN-10-1 on 8x8 digits): its
+    model, and the model_dir with checkpoints/ and model.weights.h5."""
+    model_dir = tmp_path_factory.mktemp("run")
+    config = TrainConfig(
+        model="wrn_10_1",
+        dataset="digits",
+        image_size=None,
+        batch_size=16,
+        epochs=1,
+        steps_per_epoch=3,
+        learning_rate=0.05,
+        schedule="constant",
+        model_dir=str(model_dir),
+        verbose=False,
+    )
+    return train(config).model, model_dir
+
+
+@pytest.mark.parametrize(
+    "relative_path, expected_format",
+    [
+        ("checkpoints", "normzoo_checkpoint"),
+        ("checkpoints/ckpt-3", "normzoo_checkpoint"),
+        ("checkpoints/ckpt-3.index", "normzoo_checkpoint"),
+        ("model.weights.h5", "keras_weights_h5"),
+    ],
+)
+def test_training_outputs_restore_the_trained_model(relative_path, expected_format, trained):
+    model, model_dir = trained
+    inputs = np.random.default_rng(0).standard_normal((4, *model.input_shape[1:])).astype("float32")
+
+    restored = models.build(
+        "wrn_10_1", weights=model_dir / relative_path, input_shape=model.input_shape[1:]
+    )
+
+    report = restored.restore_report
+    assert report.format == expected_format and report.complete
+    assert len(report.restored) == len(restored.weights) == len(model.weights)
+    restored_values = {variable.path: variable.numpy() for variable in restored.weights}
+    for variable in model.weights:  # trained statistics included
+        np.testing.assert_array_equal(
+            restored_values[variable.path], variable.numpy(), variable.path
+        )
+    np.testing.assert_array_equal(
+        restored(inputs, training=False).numpy(), model(inputs, training=False).numpy()
+    )
+
+
+def test_training_checkpoint_optimizer_state_is_ignored_by_name(trained):
+    _, model_dir = trained
+    report = checkpoints.read(model_dir / "checkpoints")
+    reasons = dict(report.ignored)
+    assert "save_counter/.ATTRIBUTES/VARIABLE_VALUE" in reasons
+    assert "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE" in reasons
+    assert all(not key.startswith("model/") for key in reasons)
+
+
+def _randomized(tools, name, **overrides):
+    model = models.build(name, input_shape=(32, 32, 3), num_classes=5, **overrides)
+    tools.randomize(model)
+    return model
+
+
+@pytest.mark.parametrize(
+    "name, layout, norm",
+    [
+        ("resnet18", "keras", "batch"),
+        ("resnet18", "torchvision", "batch"),
+        ("resnet18", "slim", "batch"),
+        ("resnet18", "torchvision", "layer"),
+        ("resnet50v2", "slim", "skipinit"),
+    ],
+)
+def test_keras_file_builds_the_layout_it_was_saved_in(name, layout, norm, tools, tmp_path):
+    source = _randomized(tools, name, layout=layout, norm=norm, width=4)
+    path = tmp_path / "model.keras"
+    source.save(path)
+    inputs = tools.images()
+
+    model = models.build(name, weights=path, input_shape=(32, 32, 3))
+
+    assert model.get_config() == {**source.get_config(), "name": model.name}
+    assert model.restore_report.complete
+    np.testing.assert_array_equal(
+        model(inputs, training=False).numpy(), source(inputs, training=False).numpy()
+    )
+
+
+@pytest.mark.parametrize(
+    "name, norm, overrides",
+    [
+        ("resnet20", "skipinit", {"width": 4}),
+        ("resnet20", "layer", {"width": 4}),
+        ("wrn_10_2", "none", {}),
+    ],
+)
+def test_weights_file_builds_the_norm_width_and_classes_it_holds(
+    name, norm, overrides, tools, tmp_path
+):
+    source = _randomized(tools, name, norm=norm, **overrides)
+    path = tmp_path / "model.weights.h5"
+    source.save_weights(path)
+    inputs = tools.images()
+
+    model = models.build(name, weights=path, input_shape=(32, 32, 3))
+
+    assert model.count_params() == source.count_params()
+    assert model.output_shape == (None, 5)
+    np.testing.assert_array_equal(
+        model(inputs, training=False).numpy(), source(inputs, training=False).numpy()
+    )
+
+
+def test_an_argument_contradicting_the_checkpoint_is_refused(tools, tmp_path):
+    path = tmp_path / "model.weights.h5"
+    _randomized(tools, "resnet20", norm="skipinit", width=4).save_weights(path)
+    with pytest.raises(ValueError, match="norm='batch' contradicts .* norm='skipinit'"):
+        models.build("resnet20", weights=path, norm="batch")
+    with pytest.raises(ValueError, match="width=8 contradicts .* width=4"):
+        models.build("resnet20", weights=path, width=8)
+
+
+def test_v1_weights_without_conv_biases_need_the_layout_named(tools, tmp_path):
+    source = _randomized(tools, "resnet18", layout="torchvision", width=4)
+    path = tmp_path / "model.weights.h5"
+    source.save_weights(path)
+    with pytest.raises(ValueError, match="pass layout='torchvision' or layout='slim'"):
+        models.build("resnet18", weights=path, input_shape=(32, 32, 3))
+
+    model = models.build("resnet18", weights=path, input_shape=(32, 32, 3), layout="torchvision")
+
+    inputs = tools.images()
+    np.testing.assert_array_equal(
+        model(inputs, training=False).numpy(), source(inputs, training=False).numpy()
+    )
+
+
+def test_num_classes_zero_leaves_the_checkpoints_classifier_out(tools, tmp_path):
+    source = _randomized(tools, "resnet18", width=4)
+    path = tmp_path / "model.weights.h5"
+    source.save_weights(path)
+
+    features = models.build("resnet18", weights=path, input_shape=(32, 32, 3), num_classes=0)
+
+    report = features.restore_report
+    assert report.complete and not report.skipped
+    assert {reason for _, reason in report.ignored} == {"the model has no layer 'predictions'"}
+    assert len(report.ignored) == 2
+    assert features.output_shape == (None, 32)
+
+
+def test_restore_under_a_mirrored_strategy_reaches_every_replica(
+    mirrored_strategy, tools, tmp_path
+):
+    source = _randomized(tools, "resnet18", width=4)
+    path = tmp_path / "model.weights.h5"
+    source.save_weights(path)
+    inputs = tools.images(batch_size=4)
+    expected = source(inputs, training=False).numpy()
+
+    with mirrored_strategy.scope():
+        model = models.build("resnet18", weights=path, input_shape=(32, 32, 3))
+
+    @tf.function
+    def replica_outputs():
+        return mirrored_strategy.run(lambda: model(inputs, training=False))
+
+    per_replica = mirrored_strategy.experimental_local_results(replica_outputs())
+    assert len(per_replica) == 2
+    for outputs in per_replica:
+        tools.assert_same_outputs(outputs.numpy(), expected)
+
+
+def test_legacy_whole_model_h5_restores_its_weights(tools, tmp_path):
+    source = _randomized(tools, "resnet18", width=4)
+    path = tmp_path / "model.h5"
+    legacy_h5_format.save_model_to_hdf5(source, str(path))
+    inputs = tools.images()
+
+    model = models.build("resnet18", weights=path, input_shape=(32, 32, 3))
+
+    assert model.restore_report.format == "keras_legacy_h5" and model.restore_report.complete
+    np.testing.assert_array_equal(
+        model(inputs, training=False).numpy(), source(inputs, training=False).numpy()
+    )
+
+
+def test_any_tf2_checkpoint_of_a_model_restores_without_its_optimizer(tools, tmp_path):
+    source = _randomized(tools, "resnet18", width=4)
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(source.trainable_variables)
+    path = tf.train.Checkpoint(network=source, optimizer=optimizer).save(str(tmp_path / "ckpt"))
+    inputs = tools.images()
+
+    model = models.build("resnet18", weights=path, input_shape=(32, 32, 3))
+
+    report = model.restore_report
+    assert report.format == "tf_object_checkpoint" and report.complete
+    assert any(name.startswith("optimizer/") for name, _ in report.ignored)
+    np.testing.assert_array_equal(
+        model(inputs, training=False).numpy(), source(inputs, training=False).numpy()
+    )

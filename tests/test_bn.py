@@ -1,0 +1,334 @@
+"""normzoo.bn: audit, freeze, recalibrate (Precise BN) and fold, each against
+an independent reference: NumPy statistics over the whole dataset for
+recalibrate, the original model's outputs for fold."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from normzoo import bn, layers, models
+
+SHAPE = (32, 32, 3)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    # Kernels keep their initializers' values: the same ones in every run.
+    keras.utils.set_random_seed(0)
+
+
+def _tiny(name="resnet18", **overrides):
+    return models.build(name, input_shape=SHAPE, num_classes=5, **{"width": 4, **overrides})
+
+
+def _randomize(model, seed=0):
+    """Random affine terms and biases, and statistics away from 0 and 1."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        name = variable.path.rsplit("/", 1)[-1]
+        if name == "moving_variance":
+            variable.assign(rng.uniform(0.5, 2.0, variable.shape).astype("float32"))
+        elif name == "gamma":
+            variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+        elif name in ("moving_mean", "beta", "bias"):
+            variable.assign(rng.normal(0.0, 0.2, variable.shape).astype("float32"))
+
+
+def _data(count, shape=SHAPE, seed=0):
+    rng = np.random.default_rng(seed)
+    # A non-zero mean per channel, as real images have.
+    return (rng.standard_normal((count, *shape)) + np.arange(shape[-1])).astype("float32")
+
+
+def _norm_names(model):
+    return [layer.name for layer in model.layers if isinstance(layer, layers.BatchNorm)]
+
+
+# audit ---------------------------------------------------------------------
+
+
+def test_audit_names_every_batch_norm_of_an_untrained_model():
+    model = _tiny()
+    problems = bn.audit(model)
+    assert [p.layer for p in problems] == _norm_names(model)
+    assert {p.problem for p in problems} == {"uninitialized"}
+
+
+def test_audit_is_clean_for_trained_looking_statistics_and_names_bad_ones():
+    model = _tiny()
+    _randomize(model)
+    assert bn.audit(model) == []
+
+    layer = model.get_layer("conv3_block1_2_bn")
+    variance = layer.moving_variance.numpy()
+    variance[3] = np.nan
+    layer.moving_variance.assign(variance)
+    other = model.get_layer("conv4_block2_1_bn")
+    other.moving_variance.assign(-other.moving_variance.numpy())
+    reset = model.get_layer("conv5_block1_0_bn")
+    reset.moving_mean.assign(np.zeros(reset.moving_mean.shape))
+    reset.moving_variance.assign(np.ones(reset.moving_variance.shape))
+
+    assert [str(problem) for problem in bn.audit(model)] == [
+        "conv3_block1_2_bn: non-finite",
+        "conv4_block2_1_bn: negative variance",
+        "conv5_block1_0_bn: uninitialized",
+    ]
+
+
+def test_audit_reads_keras_batch_normalization_too():
+    inputs = keras.Input((4, 4, 2))
+    outputs = keras.layers.BatchNormalization(name="keras_bn")(keras.layers.Conv2D(3, 1)(inputs))
+    assert [str(p) for p in bn.audit(keras.Model(inputs, outputs))] == ["keras_bn: uninitialized"]
+
+
+# freeze --------------------------------------------------------------------
+
+
+def _train_step(model, seed=0):
+    images = _data(8, seed=seed)
+    labels = np.arange(8) % 5
+    optimizer = keras.optimizers.SGD(0.1)
+    with tf.GradientTape() as tape:
+        logits = model(images, training=True)
+        loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    gradients = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+
+
+def _snapshot(model, suffixes):
+    return {v.path: v.numpy().copy() for v in model.weights if v.path.endswith(suffixes)}
+
+
+@pytest.mark.parametrize("gamma_beta", [False, True])
+def test_freeze_keeps_statistics_through_training(gamma_beta):
+    model = _tiny()
+    _randomize(model)
+    statistics = _snapshot(model, ("moving_mean", "moving_variance"))
+    affine = _snapshot(model, ("gamma", "beta"))
+    kernels = _snapshot(model, ("kernel",))
+
+    frozen = bn.freeze(model, gamma_beta=gamma_beta)
+    _train_step(model)
+
+    assert frozen == _norm_names(model)
+    assert all(model.get_layer(name).frozen_stats for name in frozen)
+    for path, value in statistics.items():
+        np.testing.assert_array_equal(_snapshot(model, (path,))[path], value, path)
+    affine_after = _snapshot(model, ("gamma", "beta"))
+    affine_changed = [
+        path for path in affine if not np.array_equal(affine_after[path], affine[path])
+    ]
+    assert (not affine_changed) if gamma_beta else len(affine_changed) == len(affine)
+    kernels_after = _snapshot(model, ("kernel",))
+    assert all(not np.array_equal(kernels_after[path], kernels[path]) for path in kernels)
+
+
+def test_without_freeze_training_moves_the_statistics():
+    # The contrast that makes the freeze test meaningful.
+    model = _tiny()
+    _randomize(model)
+    statistics = _snapshot(model, ("moving_mean", "moving_variance"))
+    _train_step(model)
+    after = _snapshot(model, ("moving_mean", "moving_variance"))
+    assert all(not np.array_equal(after[path], statistics[path]) for path in statistics)
+
+
+def test_freeze_refuses_keras_batch_normalization():
+    inputs = keras.Input((4, 4, 2))
+    outputs = keras.layers.BatchNormalization(name="keras_bn")(inputs)
+    with pytest.raises(TypeError, match="keras_bn is keras.layers.BatchNormalization"):
+        bn.freeze(keras.Model(inputs, outputs))
+
+
+# recalibrate ---------------------------------------------------------------
+
+
+def _two_norm_model():
+    """1x1 conv -> BatchNorm -> ReLU -> 1x1 conv -> BatchNorm -> pool -> dense:
+    small enough to compute in NumPy."""
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Conv2D(6, 1, name="conv_a")(inputs)
+    x = layers.BatchNorm(epsilon=1e-3, name="bn_a")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(5, 1, name="conv_b")(x)
+    x = layers.BatchNorm(epsilon=1e-3, name="bn_b")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+
+
+def _numpy_population_statistics(model, batches):
+    """What Precise BN estimates, computed directly: each BatchNorm's input
+    in a training-mode forward pass (earlier BatchNorms normalizing with
+    their batch's statistics), concatenated over all batches, then its mean
+    and biased variance per channel."""
+    w_a, b_a = (w.astype(np.float64) for w in model.get_layer("conv_a").get_weights())
+    w_b, b_b = (w.astype(np.float64) for w in model.get_layer("conv_b").get_weights())
+    bn_a = model.get_layer("bn_a")
+    gamma, beta = bn_a.gamma.numpy(), bn_a.beta.numpy()
+    inputs_a, inputs_b = [], []
+    for images in batches:
+        a = images.astype(np.float64) @ w_a[0, 0] + b_a
+        normalized = (a - a.mean((0, 1, 2))) / np.sqrt(a.var((0, 1, 2)) + bn_a.epsilon)
+        b = np.maximum(gamma * normalized + beta, 0.0) @ w_b[0, 0] + b_b
+        inputs_a.append(a.reshape(-1, a.shape[-1]))
+        inputs_b.append(b.reshape(-1, b.shape[-1]))
+    return {
+        name: (np.concatenate(values).mean(0), np.concatenate(values).var(0))
+        for name, values in (("bn_a", inputs_a), ("bn_b", inputs_b))
+    }
+
+
+def test_recalibrate_sets_the_exact_statistics_of_the_whole_dataset():
+    model = _two_norm_model()
+    _randomize(model)
+    model.get_layer("bn_b").frozen_stats = True  # recalibrated all the same
+    data = _data(11, shape=(4, 4, 3))
+    batches = [data[0:4], data[4:8], data[8:11]]  # sizes 4, 4, 3: weighted by size
+    others = {v.path: v.numpy().copy() for v in model.weights if "moving" not in v.path}
+
+    examples = bn.recalibrate(model, tf.data.Dataset.from_tensor_slices(data).batch(4), None)
+
+    assert examples == 11
+    expected = _numpy_population_statistics(model, batches)
+    for name, (mean, variance) in expected.items():
+        layer = model.get_layer(name)
+        np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), variance, rtol=1e-5)
+    for variable in model.weights:
+        if variable.path in others:
+            np.testing.assert_array_equal(variable.numpy(), others[variable.path], variable.path)
+    assert model.get_layer("bn_b").frozen_stats and not model.get_layer("bn_a").frozen_stats
+
+
+def test_recalibrate_is_not_the_mean_of_batch_variances():
+    # The pooled variance includes the spread of the batch means; the plain
+    # average of per-batch variances (a common shortcut) does not.
+    model = _two_norm_model()
+    _randomize(model)
+    conv = model.get_layer("conv_a")
+    # Positive weights: the shift below moves every channel's batch mean.
+    conv.kernel.assign(np.random.default_rng(0).uniform(0.5, 1.5, conv.kernel.shape))
+    data = _data(12, shape=(4, 4, 3))
+    data[6:] += 3.0  # batches with different means
+    bn.recalibrate(model, [data[0:6], data[6:12]], 2)
+    a = model.get_layer("bn_a").moving_variance.numpy()
+    w, b = model.get_layer("conv_a").get_weights()
+    features = [(batch @ w[0, 0] + b).reshape(-1, 6) for batch in (data[0:6], data[6:12])]
+    mean_of_variances = np.mean([f.var(0) for f in features], axis=0)
+    np.testing.assert_allclose(a, np.concatenate(features).var(0), rtol=1e-5)
+    # ...and in every channel the two differ by far more than that tolerance.
+    assert ((a - mean_of_variances) / a > 1e-2).all()
+
+
+def test_recalibrate_uses_num_batches_of_a_repeated_dataset_and_checks_the_length():
+    model = _two_norm_model()
+    _randomize(model)
+    data = _data(8, shape=(4, 4, 3))
+    dataset = tf.data.Dataset.from_tensor_slices((data, np.zeros(8))).batch(4).repeat()
+
+    assert bn.recalibrate(model, dataset, num_batches=2) == 8
+    mean = model.get_layer("bn_a").moving_mean.numpy()
+    bn.recalibrate(model, [data[:4], data[4:]], num_batches=2)
+    np.testing.assert_allclose(model.get_layer("bn_a").moving_mean.numpy(), mean, rtol=1e-6)
+
+    before = model.get_layer("bn_a").moving_mean.numpy()
+    with pytest.raises(ValueError, match="ended after 2 batch"):
+        bn.recalibrate(model, [data[:4], data[4:]], num_batches=3)
+    np.testing.assert_array_equal(model.get_layer("bn_a").moving_mean.numpy(), before)
+
+
+def test_recalibrate_first_norm_of_a_zoo_model_equals_numpy_over_the_data():
+    model = _tiny()
+    _randomize(model)
+    data = _data(12)
+    stem = keras.Model(model.input, model.get_layer("conv1_conv").output)
+
+    bn.recalibrate(model, tf.data.Dataset.from_tensor_slices(data).batch(5), None)
+
+    features = stem(data, training=False).numpy().astype(np.float64).reshape(-1, 4)
+    layer = model.get_layer("conv1_bn")
+    np.testing.assert_allclose(layer.moving_mean.numpy(), features.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), features.var(0), rtol=1e-5)
+    assert bn.audit(model) == []
+
+
+def test_recalibrate_leaves_dropout_random_state_and_weights_unchanged():
+    model = models.build("wrn_10_1", input_shape=(8, 8, 3), num_classes=5, dropout_rate=0.3)
+    _randomize(model)
+    before = {v.path: v.numpy().copy() for v in model.variables if "moving" not in v.path}
+    assert any("seed" in path for path in before)  # the random state is a variable
+
+    bn.recalibrate(model, [_data(4, shape=(8, 8, 3))], 1)
+
+    for variable in model.variables:
+        if variable.path in before:
+            np.testing.assert_array_equal(variable.numpy(), before[variable.path], variable.path)
+
+
+# fold ----------------------------------------------------------------------
+
+
+def _calibrated(name, seed=0, **overrides):
+    """A zoo model with random weights whose statistics are those of its own
+    features (recalibrated), so that its logits have a realistic scale."""
+    model = _tiny(name, **overrides)
+    _randomize(model, seed)
+    bn.recalibrate(model, [_data(16, seed=seed)], 1)
+    return model
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50v2"])
+def test_fold_outputs_equal_the_original_model(name):
+    model = _calibrated(name, width=8)
+    inputs = _data(4, seed=1)
+    expected = model(inputs, training=False).numpy()
+
+    folded = bn.fold(model)
+
+    # Every norm that follows a convolution is folded; v2's pre-activation
+    # norms follow additions and stay.
+    remaining = [layer.name for layer in folded.layers if isinstance(layer, layers.BatchNorm)]
+    unfoldable = [n for n in _norm_names(model) if n.endswith("_preact_bn") or n == "post_bn"]
+    assert remaining == unfoldable
+    assert bool(unfoldable) == name.endswith("v2")
+    outputs = folded(inputs, training=False).numpy()
+    scale = np.abs(expected).max()
+    assert np.abs(outputs - expected).max() <= 1e-4 * max(scale, 1.0)
+
+
+def test_folded_model_is_a_copy():
+    model = _calibrated("resnet18")
+    folded = bn.fold(model)
+    inputs = _data(2, seed=1)
+    expected = folded(inputs, training=False).numpy()
+
+    _randomize(model, seed=5)
+
+    np.testing.assert_array_equal(folded(inputs, training=False).numpy(), expected)
+
+
+def test_fold_keeps_a_batch_norm_after_an_activated_convolution():
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Conv2D(3, 1, activation="relu", name="activated")(inputs)
+    x = layers.BatchNorm(name="after_relu")(x)
+    x = keras.layers.Conv2D(3, 1, use_bias=False, name="plain")(x)
+    outputs = layers.BatchNorm(name="after_plain")(x)
+    model = keras.Model(inputs, outputs)
+    _randomize(model)
+
+    folded = bn.fold(model)
+
+    assert [type(folded.get_layer(name)).__name__ for name in ("after_relu", "after_plain")] == [
+        "BatchNorm",
+        "Identity",
+    ]
+    assert folded.get_layer("plain").use_bias
+    data = _data(2, shape=(4, 4, 3))
+    np.testing.assert_allclose(
+        folded(data, training=False).numpy(),
+        model(data, training=False).numpy(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
