@@ -17,18 +17,11 @@ import tensorflow as tf
 from keras.src.models.functional import Functional
 
 from normzoo.layers import BatchNorm
-
-
-def _layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _layers(layer)
-        else:
-            yield layer
+from normzoo.models import leaf_layers
 
 
 def _batch_norms(model, types=(BatchNorm, keras.layers.BatchNormalization)):
-    return [layer for layer in _layers(model) if isinstance(layer, types)]
+    return [layer for layer in leaf_layers(model) if isinstance(layer, types)]
 
 
 @dataclasses.dataclass(frozen=True)

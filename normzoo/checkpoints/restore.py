@@ -6,13 +6,13 @@ import re
 import zipfile
 
 import h5py
-import keras
 import numpy as np
 import tensorflow as tf
 
 from normzoo.checkpoints import keras_files, tf_checkpoints
 from normzoo.checkpoints.report import RestoreError, RestoreReport, ShapeMismatch
 from normzoo.checkpoints.source import FORMATS, architecture
+from normzoo.models import leaf_layers
 
 _TF_DATA_FILE = re.compile(r"\.data-\d+-of-\d+$")
 
@@ -138,7 +138,7 @@ def _skip_set(model, skip):
     if isinstance(skip, str):
         skip = (skip,)
     paths = {variable.path for variable in model.weights}
-    layer_names = {layer.name for layer in _layers(model)}
+    layer_names = {layer.name for layer in leaf_layers(model)}
     unknown = [name for name in skip if name not in paths and name not in layer_names]
     if unknown:
         raise ValueError(
@@ -147,14 +147,6 @@ def _skip_set(model, skip):
             f"'conv1_bn/moving_mean')."
         )
     return set(skip)
-
-
-def _layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _layers(layer)
-        else:
-            yield layer
 
 
 def _saved_order(layer):
@@ -169,7 +161,7 @@ def _match(model, source, skip, unused):
     used = set()
     ignored = list(source.ignored)
     owned = set()
-    for layer in _layers(model):
+    for layer in leaf_layers(model):
         variables = _saved_order(layer)
         weights = source.layers.get(layer.name, {})
         positional = bool(weights) and all(isinstance(key, int) for key in weights)
@@ -253,7 +245,7 @@ def _failure_message(model, source, report):
         f"{model.name!r}; nothing was changed."
     ]
     lines.extend(f"  {problem}" for problem in report.problems())
-    model_names = [layer.name for layer in _layers(model) if layer.weights]
+    model_names = [layer.name for layer in leaf_layers(model) if layer.weights]
     source_architecture = architecture(list(source.layers))
     model_architecture = architecture(model_names)
     if source_architecture and model_architecture and source_architecture != model_architecture:

@@ -4,6 +4,8 @@ import functools
 import inspect
 import re
 
+import keras
+
 from normzoo.models import cifar_resnet, resnet, wide_resnet
 
 _BUILDERS = {
@@ -117,3 +119,13 @@ def build(name, *, norm=None, num_classes=None, input_shape=None, weights=None, 
     if input_shape is not None:
         arguments["input_shape"] = tuple(input_shape)
     return builder(**arguments)
+
+
+def leaf_layers(model):
+    """Every layer of `model` that is not itself a model, nested models
+    (e.g. a backbone inside a classifier) included, in order."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from leaf_layers(layer)
+        else:
+            yield layer
