@@ -177,5 +177,5 @@ def slim_checkpoints():
     (random weights and statistics) made by tf_slim itself, tf_slim's
     logits `<network>_logits.npy` for `images.npy`."""
     if not _slim_reference:
-        pytest.skip("the test extra installs tf_slim (and tf_keras)")
+        pytest.fail("tf_slim is missing: install the test extra, pip install -e \".[test]\" (tf_slim, tf_keras).")
     return _slim_reference[0].wait()
