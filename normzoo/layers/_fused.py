@@ -16,6 +16,8 @@ elementwise ops and reductions. Two adjustments keep normzoo's guarantees:
 
 import tensorflow as tf
 
+from normzoo.layers._statistics import shifted_moments
+
 DATA_FORMATS = {3: "NHWC", 1: "NCHW"}
 
 
@@ -38,3 +40,49 @@ def batch_norm_training(x, gamma, beta, epsilon, data_format):
     count = tf.cast(tf.shape(x)[0] * tf.reduce_prod(tf.gather(tf.shape(x), spatial)), x.dtype)
     variance = unbiased_variance * (count - 1.0) / tf.maximum(count, 1.0)
     return outputs, tf.reshape(shift, [-1]) + deviation_mean, variance
+
+
+def in_xla_context():
+    """True while a function compiled whole by XLA (`jit_compile=True`) is
+    being traced: there `tf.nn.fused_batch_norm` becomes an HLO batch-norm op
+    that XLA expands into generic code, slower than the formula composed from
+    elementwise ops and reductions, which XLA fuses itself."""
+    from tensorflow.python.ops import control_flow_util  # no public equivalent
+
+    return tf.executing_eagerly() is False and control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph()
+    )
+
+
+def batch_norm_training_composed(x, gamma, beta, epsilon, axes, shape):
+    """Returns `(outputs, mean, variance)` as `batch_norm_training` does, for
+    any rank: statistics over `axes` of `x`, `gamma` and `beta` reshaped to
+    `shape`. The forward pass is the shifted-data formula; the backward pass
+    is batch normalization's closed-form gradient
+
+        dx = gamma / std * (dy - mean(dy) - x_hat * mean(dy * x_hat))
+
+    (the same arithmetic the fused kernel's gradient does), instead of the
+    chain rule through every elementwise op of the forward pass. The mean
+    and variance carry no gradient: they only feed the moving statistics."""
+
+    @tf.custom_gradient
+    def normalize(x, gamma, beta):
+        shift, deviation, residual, variance = shifted_moments(x, axes)
+        inverse_std = tf.math.rsqrt(variance + epsilon)
+        normalized = (deviation - residual) * inverse_std
+        scale = tf.reshape(gamma, shape)
+        outputs = normalized * scale + tf.reshape(beta, shape)
+
+        def gradient(d_outputs, d_mean, d_variance):
+            del d_mean, d_variance
+            d_beta = tf.reduce_mean(d_outputs, axes, keepdims=True)
+            d_gamma = tf.reduce_mean(d_outputs * normalized, axes, keepdims=True)
+            d_x = scale * inverse_std * (d_outputs - d_beta - normalized * d_gamma)
+            count = tf.cast(tf.size(x) // tf.size(gamma), x.dtype)
+            return d_x, tf.reshape(d_gamma, [-1]) * count, tf.reshape(d_beta, [-1]) * count
+
+        mean = tf.reshape(shift + residual, [-1])
+        return (outputs, mean, tf.reshape(variance, [-1])), gradient
+
+    return normalize(x, gamma, beta)

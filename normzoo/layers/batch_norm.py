@@ -39,8 +39,14 @@ class BatchNorm(AffineNormalization):
       keep learning (their gradient is that of the fixed affine map). This is
       what a pretrained network wants when fine-tuned on small or
       single-class batches.
-    - The batch variance is computed in two passes (no E[x^2] - E[x]^2
-      cancellation), so it is accurate when |mean| >> std and never negative.
+    - The batch statistics are computed from deviations from one element of
+      the batch (no E[x^2] - E[x]^2 cancellation, no rounding of a large
+      mean), so the variance is accurate when |mean| >> std and never
+      negative.
+    - Training uses TensorFlow's fused kernel for 4-D input and, inside a
+      function compiled whole by XLA (`jit_compile=True`), the formula with
+      its closed-form gradient, which XLA fuses better than its own
+      batch-norm op.
     - A channel whose batch mean or variance is not finite leaves its moving
       statistics unchanged.
     - `synchronized=True` gathers the global batch's statistics with a single
@@ -179,15 +185,18 @@ class BatchNorm(AffineNormalization):
     def _train_forward(self, x):
         """Normalizes with the batch's statistics and updates the moving ones."""
         context = _distributed_moments.sync_replica_context() if self.synchronized else None
-        if context is None and self._fused_data_format:
+        if context is None and (self._fused_data_format or _fused.in_xla_context()):
             ones = ops.ones(self.moving_mean.shape, x.dtype)
-            outputs, mean, variance = _fused.batch_norm_training(
-                x,
-                self.gamma if self.scale else ones,
-                self.beta if self.center else ops.zeros_like(ones),
-                self.epsilon,
-                self._fused_data_format,
-            )
+            gamma = ops.convert_to_tensor(self.gamma) if self.scale else ones
+            beta = ops.convert_to_tensor(self.beta) if self.center else ops.zeros_like(ones)
+            if _fused.in_xla_context():
+                outputs, mean, variance = _fused.batch_norm_training_composed(
+                    x, gamma, beta, self.epsilon, self._reduction_axes, self._broadcast_shape
+                )
+            else:
+                outputs, mean, variance = _fused.batch_norm_training(
+                    x, gamma, beta, self.epsilon, self._fused_data_format
+                )
             self._update_moving_statistics(mean, variance)
             return outputs
         if context is not None:

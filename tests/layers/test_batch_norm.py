@@ -197,20 +197,32 @@ def test_frozen_stats_keeps_statistics_bit_identical_through_fit_while_gamma_bet
     assert np.abs(bn.beta.numpy() - beta).max() > 1e-4
 
 
-# 4-D input takes the fused kernel, other ranks the composed formula.
+def _training_call(layer, jit_compile):
+    """`layer(x, training=True)`, eagerly or inside an XLA-compiled function
+    (where BatchNorm takes its composed, custom-gradient path)."""
+    if jit_compile is None:
+        return lambda x: layer(x, training=True)
+    return tf.function(lambda x: layer(x, training=True), jit_compile=True)
+
+
+# Eagerly, 4-D input takes the fused kernel, other ranks the composed
+# formula; under XLA every rank takes the composed formula.
+@pytest.mark.parametrize("jit_compile", [None, True], ids=["eager", "xla"])
 @pytest.mark.parametrize("shape", [(64, 4, 4, 3), (32, 2, 2, 3), (128, 3), (16, 8, 3)])
-def test_variance_is_accurate_and_non_negative_when_mean_dwarfs_std(shape):
+def test_variance_is_accurate_and_non_negative_when_mean_dwarfs_std(shape, jit_compile):
+    layer = BatchNorm(momentum=0.0)  # moving variance becomes the batch variance
+    update = _training_call(layer, jit_compile)
+    normalize = _training_call(BatchNorm(epsilon=1e-12), jit_compile)
     for seed in range(10):
         rng = np.random.default_rng(seed)
         x = (1e4 + 1e-2 * rng.normal(size=shape)).astype("float32")
-        layer = BatchNorm(momentum=0.0)  # moving variance becomes the batch variance
-        layer(x, training=True)
+        update(x)
         _, expected = numpy_batch_moments(x, -1)
         got = layer.moving_variance.numpy()
         assert (got >= 0).all()
         np.testing.assert_allclose(got, expected, rtol=0.01, err_msg=f"seed {seed}")
         # The normalized output has unit variance and zero mean per channel.
-        y = np.asarray(BatchNorm(epsilon=1e-12)(x, training=True), np.float64)
+        y = np.asarray(normalize(x), np.float64)
         axes = tuple(range(len(shape) - 1))
         np.testing.assert_allclose(y.std(axis=axes), 1.0, rtol=0.01, err_msg=f"seed {seed}")
         np.testing.assert_allclose(y.mean(axis=axes), 0.0, atol=0.01, err_msg=f"seed {seed}")
@@ -360,6 +372,53 @@ def test_xla_training_step_equals_eager_step():
     assert "convolution" in hlo and ("rsqrt" in hlo or "batch-norm-training" in hlo)
     for eager_weight, xla_weight in zip(eager_model.get_weights(), xla_model.get_weights()):
         np.testing.assert_allclose(xla_weight, eager_weight, atol=1e-5, rtol=1e-5)
+
+
+def numpy_batch_norm_gradients(x, gamma, d_outputs, epsilon, axis):
+    """Gradients of sum(d_outputs * BN(x)) w.r.t. x, gamma and beta, by the
+    textbook formula (Ioffe & Szegedy 2015, section 3), in float64."""
+    x, d_outputs = x.astype(np.float64), d_outputs.astype(np.float64)
+    axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    shape = [x.shape[a] if a not in axes else 1 for a in range(x.ndim)]
+    mean, variance = x.mean(axes, keepdims=True), x.var(axes, keepdims=True)
+    normalized = (x - mean) / np.sqrt(variance + epsilon)
+    d_normalized = d_outputs * gamma.reshape(shape)
+    count = x.size / gamma.size
+    d_variance = (d_normalized * (x - mean)).sum(axes, keepdims=True) * -0.5 * (variance + epsilon) ** -1.5
+    d_mean = -(d_normalized / np.sqrt(variance + epsilon)).sum(axes, keepdims=True) - 2 * d_variance * (
+        x - mean
+    ).mean(axes, keepdims=True)
+    d_x = d_normalized / np.sqrt(variance + epsilon) + d_variance * 2 * (x - mean) / count + d_mean / count
+    return d_x, (d_outputs * normalized).sum(axes), d_outputs.sum(axes)
+
+
+@pytest.mark.parametrize(
+    "shape, axis", [((6, 4, 4, 3), -1), ((6, 3, 4, 4), 1), ((16, 5), -1), ((4, 3, 2, 2, 3), -1)]
+)
+def test_xla_gradients_equal_the_batch_norm_formula_for_every_rank(shape, axis):
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 3.0, size=shape).astype("float32")
+    d_outputs = rng.normal(size=shape).astype("float32")
+    layer = BatchNorm(axis=axis, epsilon=1e-3)
+    layer.build(shape)
+    gamma = rng.normal(1.0, 0.5, size=layer.gamma.shape).astype("float32")
+    layer.gamma.assign(gamma)
+
+    def gradients(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = layer(x, training=True)
+        return tape.gradient(outputs, [x, layer.gamma, layer.beta], output_gradients=d_outputs)
+
+    compiled = tf.function(gradients, jit_compile=True)
+    got = compiled(tf.constant(x))
+    expected = numpy_batch_norm_gradients(x, gamma, d_outputs, 1e-3, axis)
+    for name, g, e in zip(("x", "gamma", "beta"), got, expected):
+        np.testing.assert_allclose(g.numpy(), e, rtol=1e-4, atol=1e-4, err_msg=name)
+    # XLA computes the formula itself rather than its batch-norm HLO op, whose
+    # CPU expansion is slower.
+    hlo = compiled.experimental_get_compiler_ir(tf.constant(x))(stage="hlo")
+    assert "batch-norm" not in hlo and "rsqrt" in hlo
 
 
 def test_keras_file_round_trip_reproduces_outputs_in_training_and_inference(tmp_path):
