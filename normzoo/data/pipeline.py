@@ -145,6 +145,8 @@ def load(
     image_size=None,
     channels=None,
     preprocess_mode="tf",
+    invert=False,
+    single_class_batches=False,
     seed=0,
 ):
     """Returns a `tf.data.Dataset` of `(images, labels)` batches from a TFDS dataset.
@@ -180,7 +182,11 @@ def load(
       is shuffled and augmented anew.
     - Evaluation (`training=False`): no shuffling, no augmentation, no
       repetition; every example once, in a fixed order, the last batch
-      possibly partial. Iterating twice gives identical batches.
+      possibly partial. Iterating twice gives identical batches. With
+      `single_class_batches=True` every batch holds examples of one class
+      only (a class's examples in split order, its last batch possibly
+      partial): the batches of near-identical images of article 002, on
+      which a model whose predictions depend on the batch fails.
     - Batches are prefetched (`tf.data.AUTOTUNE`).
 
     Args:
@@ -201,6 +207,10 @@ def load(
             grayscale images (digits) into RGB.
         preprocess_mode: "tf" (pixels in [-1, 1]), "torch" or "caffe"; see
             `preprocessing.Recipe`.
+        invert: Invert pixel values (255 - value) before the normalization:
+            a domain shift (see `preprocessing.Recipe`).
+        single_class_batches: Batch the evaluation stream by class (see
+            above); only with `training=False`.
         seed: Seed of the shuffling and the augmentation.
 
     Raises:
@@ -209,6 +219,11 @@ def load(
             global batch.
         DatasetNotPreparedError: see `prepared_builder`.
     """
+    if training and single_class_batches:
+        raise ValueError(
+            "single_class_batches=True is for evaluation (training=False): training "
+            "batches are shuffled across classes."
+        )
     builder = prepared_builder(name, data_dir=data_dir)
     input_context = input_context or tf.distribute.InputContext()
     per_replica_batch_size = _per_replica_batch_size(global_batch_size, input_context)
@@ -219,7 +234,7 @@ def load(
             f"the {num_examples} examples of {name}[{split}]: training would never "
             "complete an epoch. Use a smaller batch size."
         )
-    recipe = _recipe(builder, image_size, channels, preprocess_mode)
+    recipe = _recipe(builder, image_size, channels, preprocess_mode, invert)
     image_feature = builder.info.features["image"]
 
     pipeline_split = split
@@ -260,7 +275,16 @@ def load(
             return preprocessing.preprocess(image, recipe, training=False), label
 
         dataset = dataset.map(eval_example, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.batch(per_replica_batch_size, drop_remainder=training)
+    if single_class_batches:
+        # A batch is emitted when a class has filled one; the partial batch
+        # of each class comes out at the end of the split.
+        dataset = dataset.group_by_window(
+            key_func=lambda image, label: tf.cast(label, tf.int64),
+            reduce_func=lambda label, window: window.batch(per_replica_batch_size),
+            window_size=per_replica_batch_size,
+        )
+    else:
+        dataset = dataset.batch(per_replica_batch_size, drop_remainder=training)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -289,13 +313,14 @@ def _builder(name, data_dir):
     return builder
 
 
-def _recipe(builder, image_size, channels, preprocess_mode="tf"):
+def _recipe(builder, image_size, channels, preprocess_mode="tf", invert=False):
     return preprocessing.recipe_for(
         builder.name,
         builder.info.features["image"].shape,
         image_size=image_size,
         channels=channels,
         preprocess_mode=preprocess_mode,
+        invert=invert,
     )
 
 

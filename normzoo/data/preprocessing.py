@@ -53,15 +53,23 @@ class Recipe:
             standard deviation; "caffe" converts RGB to BGR and subtracts
             ImageNet's mean pixel (0..255 scale), which is what
             `keras.applications.ResNet50` weights expect.
+        invert: Whether pixel values are inverted (255 - value) after
+            resizing and augmentation, before the normalization: dark
+            strokes on a light background for digits. A domain shift for
+            fine-tuning experiments; inverting after the random translation
+            keeps its zero padding the same colour as the background.
     """
 
     crop: str
     horizontal_flip: bool
     output_shape: tuple
     preprocess_mode: str
+    invert: bool = False
 
 
-def recipe_for(name, stored_shape, *, image_size=None, channels=None, preprocess_mode="tf"):
+def recipe_for(
+    name, stored_shape, *, image_size=None, channels=None, preprocess_mode="tf", invert=False
+):
     """Returns the standard `Recipe` for the TFDS dataset `name`.
 
     Args:
@@ -74,6 +82,7 @@ def recipe_for(name, stored_shape, *, image_size=None, channels=None, preprocess
         channels: Channels of the output images. None keeps the stored
             channels; 3 turns grayscale images into RGB (three equal channels).
         preprocess_mode: One of `PREPROCESS_MODES` (see `Recipe`).
+        invert: Invert pixel values (see `Recipe`).
 
     Raises:
         ValueError: for an unknown `preprocess_mode`, a channel conversion
@@ -111,6 +120,7 @@ def recipe_for(name, stored_shape, *, image_size=None, channels=None, preprocess
         horizontal_flip=name not in NO_HORIZONTAL_FLIP,
         output_shape=output_shape,
         preprocess_mode=preprocess_mode,
+        invert=invert,
     )
 
 
@@ -152,6 +162,8 @@ def preprocess(image, recipe, *, training, seed=None):
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     # Random crops have a data-dependent shape until resized: restore the static one.
     image = tf.ensure_shape(image, recipe.output_shape)
+    if recipe.invert:
+        image = 255.0 - image
     return keras.applications.imagenet_utils.preprocess_input(
         image, data_format="channels_last", mode=recipe.preprocess_mode
     )

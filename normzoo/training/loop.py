@@ -10,11 +10,21 @@ in `model_dir`:
     tensorboard/            scalars per epoch
     flags.json              the resolved configuration and environment
     metrics.json            per-epoch history and the final figures
+    restore_report.json     for a run started from `init_checkpoint`: what
+                            was restored, skipped (a new classifier) and
+                            ignored, and the BatchNorm audit after it
     model.weights.h5        the final weights (Keras format), for
                             normzoo's restore and `model.load_weights`
 
-Running the same configuration again resumes from the last checkpoint; a
-finished run is not retrained. A non-finite loss stops the run before the
+A run may start from a pretrained checkpoint (`init_checkpoint`, any format
+of `normzoo.checkpoints.restore`): every variable is restored, BatchNorm
+moving statistics included, and a new classifier is made when the number of
+classes differs; `bn` says whether BatchNorm keeps training its statistics
+while fine-tuning (see `normzoo.training.finetune`).
+
+Running the same configuration again resumes from the last checkpoint in
+`model_dir` (never from `init_checkpoint` again); a finished run is not
+retrained. A non-finite loss stops the run before the
 next checkpoint is written, so the last checkpoint stays a good one.
 """
 
@@ -30,15 +40,17 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from normzoo import data, models
-from normzoo.training import distribute
-from normzoo.training.steps import EvalStep, TrainStep
+from normzoo import checkpoints, data, models
+from normzoo.training import distribute, finetune
+from normzoo.training.steps import EvalStep, TrainStep, evaluate
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 MIXED_PRECISION = (None, "float16", "bfloat16")
 NORMS = ("batch", "layer", "skipinit", "none")
 INPUT_SHARDING = ("pipeline", "global_batch")
+BN_MODES = tuple(finetune.BN_MODES)
+INIT_VARIABLES = tuple(finetune.INIT_VARIABLES)
 
 
 class ConfigError(ValueError):
@@ -47,11 +59,14 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class TrainResult:
-    """What `train` returns: the trained model (still under its strategy) and
-    the final metrics written to `model_dir/metrics.json`."""
+    """What `train` returns: the trained model (still under its strategy),
+    the final metrics written to `model_dir/metrics.json`, and, for a run
+    that started from `init_checkpoint` in this call, the
+    `normzoo.training.finetune.Initialization` (None when resumed)."""
 
     model: keras.Model
     metrics: dict
+    initialization: finetune.Initialization | None = None
 
 
 class TrainingDiverged(RuntimeError):
@@ -73,6 +88,18 @@ class TrainConfig:
     makes every pipeline build the same global batches and keep its slice,
     so that the global batches, and the run, are the same for any number of
     workers and replicas (each worker then reads the whole split).
+
+    Fine-tuning: `init_checkpoint` starts the run from a checkpoint (any
+    format of `normzoo.checkpoints.restore`) holding the same `model` and
+    `norm`. Every variable is restored, strictly, except the classifier when
+    the checkpoint has another number of classes than `num_classes` (None:
+    the dataset's), which is new. `init_variables="trainable"` restores the
+    trainable variables only and leaves the BatchNorm moving statistics at
+    their initial values: article 002's bug, for experiments. `bn` is
+    "train" (batch statistics, moving statistics updated), "frozen_stats"
+    (moving statistics used and never updated; gamma and beta trained) or
+    "frozen" (gamma and beta fixed too). `invert_images` inverts the pixel
+    values of the dataset (a domain shift, see `normzoo.data.load`).
     """
 
     model: str = "resnet20"
@@ -100,6 +127,11 @@ class TrainConfig:
     max_checkpoints: int = 3
     seed: int = 0
     verbose: bool = True
+    invert_images: bool = False
+    num_classes: int | None = None
+    init_checkpoint: str | None = None
+    init_variables: str = "all"
+    bn: str = "train"
 
     def validate(self):
         """Raises ConfigError naming the first invalid field and what is valid."""
@@ -110,6 +142,8 @@ class TrainConfig:
             "mixed_precision": MIXED_PRECISION,
             "strategy": distribute.STRATEGIES,
             "input_sharding": INPUT_SHARDING,
+            "bn": BN_MODES,
+            "init_variables": INIT_VARIABLES,
         }
         for field, valid in choices.items():
             if getattr(self, field) not in valid:
@@ -123,9 +157,9 @@ class TrainConfig:
             raise ConfigError(str(error)) from None
         positive = ("batch_size", "epochs", "learning_rate")
         for field in positive:
-            if not getattr(self, field) > 0:
-                raise ConfigError(f"{field} must be positive; got {getattr(self, field)!r}.")
-        for field in ("steps_per_epoch", "image_size"):
+            if not 0 < getattr(self, field) < math.inf:
+                raise ConfigError(f"{field} must be positive and finite; got {getattr(self, field)!r}.")
+        for field in ("steps_per_epoch", "image_size", "num_classes"):
             value = getattr(self, field)
             if value is not None and value <= 0:
                 raise ConfigError(f"{field} must be positive or unset; got {value!r}.")
@@ -136,6 +170,20 @@ class TrainConfig:
         if self.skipinit_alpha is not None and self.norm != "skipinit":
             raise ConfigError(
                 f"skipinit_alpha applies to norm='skipinit' only; got norm={self.norm!r}."
+            )
+        if self.bn != "train" and self.norm != "batch":
+            raise ConfigError(
+                f"bn={self.bn!r} freezes BatchNorm layers, and norm={self.norm!r} has none; "
+                "use bn='train' (or norm='batch')."
+            )
+        if self.bn != "train" and not self.init_checkpoint:
+            raise ConfigError(
+                f"bn={self.bn!r} without init_checkpoint would freeze the initial statistics "
+                "(mean 0, variance 1) of an untrained model; pass init_checkpoint or bn='train'."
+            )
+        if self.init_variables != "all" and not self.init_checkpoint:
+            raise ConfigError(
+                f"init_variables={self.init_variables!r} applies to a run with init_checkpoint."
             )
 
 
@@ -201,8 +249,21 @@ def _read_history(path):
         return json.load(f).get("history", [])
 
 
-# Fields that change the variables a checkpoint holds.
-_MODEL_FIELDS = ("model", "norm", "dataset", "image_size", "optimizer", "mixed_precision")
+# Fields that change the variables a checkpoint holds, or where they started.
+_MODEL_FIELDS = (
+    "model",
+    "norm",
+    "dataset",
+    "invert_images",
+    "image_size",
+    "optimizer",
+    "mixed_precision",
+    "num_classes",
+    "bn",
+    "init_checkpoint",
+    "init_variables",
+)
+_DEFAULTS = TrainConfig()
 
 
 def _check_same_model(config):
@@ -211,7 +272,8 @@ def _check_same_model(config):
         return
     with open(path) as f:
         saved = json.load(f)["config"]
-    changed = [f for f in _MODEL_FIELDS if saved.get(f) != getattr(config, f)]
+    # A field absent from an older flags.json had its default value.
+    changed = [f for f in _MODEL_FIELDS if saved.get(f, getattr(_DEFAULTS, f)) != getattr(config, f)]
     if changed:
         details = ", ".join(f"{f}={saved.get(f)!r} there, {getattr(config, f)!r} now" for f in changed)
         raise ConfigError(
@@ -236,6 +298,7 @@ def _distributed_dataset(strategy, config, split, training, seed, skip_batches=0
             input_context=context,
             training=training,
             image_size=config.image_size,
+            invert=config.invert_images,
             seed=seed,
         )
         if config.input_sharding == "pipeline" or not training:
@@ -277,7 +340,9 @@ def train(config, *, strategy=None):
             `config.strategy` names (tests pass one with logical devices).
 
     Raises:
-        ValueError: an invalid configuration, before anything is built.
+        ConfigError: an invalid configuration, or an `init_checkpoint` that is
+            missing or does not fit the model (the message says which
+            variables), before anything is trained or written.
         TrainingDiverged: the loss became non-finite.
     """
     config.validate()
@@ -294,9 +359,26 @@ def train(config, *, strategy=None):
         raise ConfigError(
             f"batch_size={config.batch_size} exceeds the {info.train_examples} training examples."
         )
+    num_classes = config.num_classes or info.num_classes
+    if num_classes < info.num_classes:
+        raise ConfigError(
+            f"num_classes={num_classes} is smaller than the {info.num_classes} classes of "
+            f"{config.dataset}, whose labels go up to {info.num_classes - 1}; pass "
+            f"num_classes >= {info.num_classes} or leave it unset."
+        )
     chief = distribute.is_chief(strategy)
     out_dir = distribute.worker_dir(config.model_dir, strategy)
-    os.makedirs(out_dir, exist_ok=True)
+    # Every worker resumes from the chief's checkpoints.
+    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+    if latest:
+        _check_same_model(config)
+    # A resumed run continues from its own checkpoint, never from the init one.
+    init_source = None
+    if config.init_checkpoint and not latest:
+        try:
+            init_source = finetune.read_init_checkpoint(config.init_checkpoint, config.norm)
+        except finetune.InitCheckpointError as error:
+            raise ConfigError(str(error)) from None
 
     previous_policy = _set_policy(config.mixed_precision)
     try:
@@ -310,26 +392,45 @@ def train(config, *, strategy=None):
             model = models.build(
                 config.model,
                 norm=config.norm,
-                num_classes=info.num_classes,
+                num_classes=num_classes,
                 input_shape=info.image_shape,
                 **overrides,
             )
+            initialization = None
+            if init_source is not None:
+                try:
+                    initialization = finetune.initialize(
+                        model, config.init_checkpoint, init_source, init_variables=config.init_variables
+                    )
+                except checkpoints.RestoreError as error:
+                    raise ConfigError(
+                        f"init_checkpoint={config.init_checkpoint!r} does not fit "
+                        f"model={config.model!r} norm={config.norm!r}: {error}"
+                    ) from None
+            # Before the optimizer sees the trainable variables (bn="frozen"
+            # makes gamma and beta non-trainable).
+            finetune.set_bn_mode(model, config.bn)
             optimizer = make_optimizer(config, steps_per_epoch)
             optimizer.build(model.trainable_variables)
             checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-        return _run(config, strategy, model, optimizer, checkpoint, info, steps_per_epoch, chief, out_dir)
+        os.makedirs(out_dir, exist_ok=True)
+        result = _run(
+            config, strategy, model, optimizer, checkpoint, info, steps_per_epoch, chief,
+            out_dir, latest, initialization,
+        )
+        return dataclasses.replace(result, initialization=initialization)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _run(config, strategy, model, optimizer, checkpoint, info, steps_per_epoch, chief, out_dir):
+def _run(
+    config, strategy, model, optimizer, checkpoint, info, steps_per_epoch, chief, out_dir,
+    latest, initialization,
+):
     manager = tf.train.CheckpointManager(
         checkpoint, os.path.join(out_dir, "checkpoints"), max_to_keep=config.max_checkpoints
     )
-    # Every worker resumes from the chief's checkpoints.
-    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
     if latest:
-        _check_same_model(config)
         # Every variable, BatchNorm statistics and optimizer slots included.
         checkpoint.restore(latest).assert_consumed()
         if config.schedule == "constant":
@@ -359,6 +460,8 @@ def _run(config, strategy, model, optimizer, checkpoint, info, steps_per_epoch, 
     )
     if latest:
         _log(config, f"Resumed from {latest} at step {step}.")
+    if initialization is not None:
+        _log_initialization(config, initialization, chief, out_dir)
 
     started = time.time()
     described = False
@@ -393,8 +496,9 @@ def _run(config, strategy, model, optimizer, checkpoint, info, steps_per_epoch, 
                     step - epoch * steps_per_epoch,
                     [("loss", sums[0] / sums[2]), ("accuracy", sums[1] / sums[2])],
                 )
-            if config.checkpoint_steps and step % config.checkpoint_steps == 0:
-                manager.save(checkpoint_number=step)
+            # An epoch's last step is checkpointed after its metrics are written.
+            if config.checkpoint_steps and step % config.checkpoint_steps == 0 and step % steps_per_epoch:
+                _save_checkpoint(manager, model, optimizer, step)
                 last_saved = step
         test = evaluate(eval_step, _distributed_dataset(strategy, config, info.test_split, False, config.seed))
         record = {
@@ -412,8 +516,11 @@ def _run(config, strategy, model, optimizer, checkpoint, info, steps_per_epoch, 
                 if key not in ("epoch", "step"):
                     tf.summary.scalar(key, value)
         writer.flush()
+        # Before the checkpoint: a run killed in between redoes this epoch's
+        # last steps and replaces its record (see `history` above).
+        _write_json(metrics_path, {"steps": step, "total_steps": total_steps, "history": history})
         if last_saved != step:
-            manager.save(checkpoint_number=step)
+            _save_checkpoint(manager, model, optimizer, step)
             last_saved = step
         _log(
             config,
@@ -445,9 +552,51 @@ def _run(config, strategy, model, optimizer, checkpoint, info, steps_per_epoch, 
     return TrainResult(model=model, metrics=final)
 
 
-def evaluate(eval_step, dataset):
-    """Mean loss and top-1 accuracy of `eval_step` over a distributed dataset."""
-    sums = np.zeros(3)
-    for images, labels in dataset:
-        sums += np.array([float(v) for v in eval_step(images, labels)])
-    return {"loss": sums[0] / max(sums[2], 1), "accuracy": sums[1] / max(sums[2], 1)}
+def _save_checkpoint(manager, model, optimizer, step):
+    """Saves a checkpoint unless a variable is NaN or infinite.
+
+    An update can make variables non-finite while the loss of its own step
+    was still finite (an overflowing gradient); the loss only shows it one
+    step later, after the checkpoint would have been written.
+    """
+    non_finite = [
+        variable.path
+        for variable in [*model.variables, *optimizer.variables]
+        if tf.as_dtype(variable.dtype).is_floating
+        and not bool(tf.reduce_all(tf.math.is_finite(variable)))
+    ]
+    if non_finite:
+        raise TrainingDiverged(
+            f"{len(non_finite)} variable(s) became NaN or infinite at step {step} "
+            f"({', '.join(non_finite[:5])}); stopped before writing a checkpoint. The last good "
+            f"checkpoint is kept: {manager.latest_checkpoint or 'none was written yet'}. Lower "
+            f"--learning_rate or add warm-up (--warmup_epochs)."
+        )
+    manager.save(checkpoint_number=step)
+
+
+def _log_initialization(config, initialization, chief, out_dir):
+    report = initialization.report
+    head = (
+        f"new classifier ({', '.join(initialization.new_head)})"
+        if initialization.new_head
+        else "classifier restored"
+    )
+    _log(
+        config,
+        f"Initialized from {config.init_checkpoint} (init_variables={config.init_variables}, "
+        f"bn={config.bn}); {head}.\n{report}",
+    )
+    if initialization.audit:
+        logging.warning(
+            "normzoo.bn.audit after the restore: %s",
+            "; ".join(str(problem) for problem in initialization.audit),
+        )
+        if config.verbose:
+            print(
+                f"WARNING: {len(initialization.audit)} BatchNorm layer(s) have uninitialized or "
+                f"invalid statistics after the restore (normzoo.bn.audit).",
+                flush=True,
+            )
+    if chief:
+        _write_json(os.path.join(out_dir, "restore_report.json"), initialization.to_json())

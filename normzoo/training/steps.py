@@ -3,6 +3,7 @@
 from collections import Counter
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 from tensorflow.python.eager import context as eager_context
@@ -130,15 +131,33 @@ class TrainStep:
 
 class EvalStep:
     """Inference on a distributed batch; returns the global
-    `(loss_sum, correct, count)`."""
+    `(loss_sum, correct, count)`.
 
-    def __init__(self, model, strategy):
+    With `batch_statistics=True` the model is called with `training=True`:
+    each BatchNorm normalizes the batch with the batch's own statistics (as
+    a TF1 graph built with `is_training=True` does at test time), except
+    layers with frozen statistics or not trainable, which keep their moving
+    statistics. The moving statistics the call updates are set back, so no
+    variable changes. A diagnostic of how predictions depend on the batch.
+    """
+
+    def __init__(self, model, strategy, batch_statistics=False):
         self.model = model
         self.strategy = strategy
         self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
 
+        def forward(images):
+            if not batch_statistics:
+                return model(images, training=False)
+            saved = [tf.identity(v) for v in model.non_trainable_variables]
+            logits = model(images, training=True)
+            with tf.control_dependencies([logits]):
+                for variable, value in zip(model.non_trainable_variables, saved):
+                    variable.assign(value)
+            return logits
+
         def replica_step(images, labels):
-            logits = tf.cast(model(images, training=False), tf.float32)
+            logits = tf.cast(forward(images), tf.float32)
             predictions = tf.argmax(logits, -1, output_type=labels.dtype)
             return (
                 tf.reduce_sum(self._loss(labels, logits)),
@@ -146,7 +165,9 @@ class EvalStep:
                 tf.cast(tf.shape(labels)[0], tf.float32),
             )
 
-        @tf.function
+        # One trace serves batches of every size (a split's last batch, or
+        # single-class batches).
+        @tf.function(reduce_retracing=True)
         def step(images, labels):
             return _sum_over_replicas(strategy, strategy.run(replica_step, args=(images, labels)))
 
@@ -154,3 +175,11 @@ class EvalStep:
 
     def __call__(self, images, labels):
         return self._function(images, labels)
+
+
+def evaluate(eval_step, dataset):
+    """Mean loss and top-1 accuracy of `eval_step` over a (distributed) dataset."""
+    sums = np.zeros(3)
+    for images, labels in dataset:
+        sums += np.array([float(v) for v in eval_step(images, labels)])
+    return {"loss": sums[0] / max(sums[2], 1), "accuracy": sums[1] / max(sums[2], 1)}

@@ -1,0 +1,37 @@
+"""Fine-tunes a pretrained ResNet, every variable restored (BatchNorm moving
+statistics included). With only --init_checkpoint: the shipped ResNet-20 on
+the embedded digits dataset, a minute or two on 2 CPU cores.
+
+    python scripts/finetune.py --init_checkpoint=checkpoints/resnet20_batch_digits.weights.h5
+    python scripts/finetune.py --init_checkpoint=checkpoints/resnet20_batch_digits.weights.h5 \
+        --invert_images --bn=train --model_dir=runs/finetune_inverted
+
+--bn=frozen_stats (the default) normalizes with the restored statistics and
+never updates them, --bn=train re-estimates them on the new data, --bn=frozen
+also fixes gamma and beta. On data whose statistics differ from the
+pretraining data's (e.g. --invert_images) use --bn=train: frozen statistics
+of another domain can make fine-tuning collapse (see
+scripts/results/finetune_experiment.md). A classifier with another number of classes than
+the checkpoint's is new (--num_classes, default: the dataset's). What was
+restored and skipped is in --model_dir/restore_report.json; checkpoints,
+metrics.json and flags.json are written there too, and re-running the same
+command resumes from --model_dir's last checkpoint.
+"""
+
+from absl import app
+
+from normzoo.training import TrainConfig, cli
+
+cli.define_flags(
+    TrainConfig(
+        epochs=3,
+        learning_rate=0.01,
+        weight_decay=5e-5,
+        bn="frozen_stats",
+        model_dir="runs/finetune",
+    ),
+    finetune_flags=True,
+)
+
+if __name__ == "__main__":
+    app.run(cli.main)

@@ -1,0 +1,288 @@
+"""Fine-tuning from an init checkpoint: every variable restored (BatchNorm
+moving statistics included), a new classifier for a new number of classes,
+the three BatchNorm modes, article 002's trainable-only restore, resumption,
+clear errors, and scripts/finetune.py end to end.
+
+The init checkpoint is a WRN-10-1 with a 7-class classifier and random
+weights and random (non-trivial) moving statistics, saved with Keras; the
+runs fine-tune it on the 10 digit classes at their native 8x8. The
+checkpoint's values are read back with Keras' own `load_weights` into a
+separate model: the reference every test compares against.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from normzoo import bn, data, layers, models
+from normzoo.training import ConfigError, TrainConfig, evaluate_batch_dependence, finetune, train
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "finetune.py"
+CHECKPOINT_CLASSES = 7
+HEAD = ("predictions/kernel", "predictions/bias")
+
+
+def _wrn(num_classes, norm="batch"):
+    return models.build("wrn_10_1", norm=norm, num_classes=num_classes, input_shape=(8, 8, 1))
+
+
+@pytest.fixture(scope="module")
+def init_checkpoint(tmp_path_factory):
+    """A 7-class WRN-10-1 with random weights and moving statistics far
+    from their initial values, saved as .weights.h5."""
+    model = _wrn(CHECKPOINT_CLASSES)
+    rng = np.random.default_rng(0)
+    for variable in model.weights:
+        shape = variable.shape
+        if variable.path.endswith("moving_variance"):
+            value = rng.uniform(0.5, 2.0, shape)
+        elif variable.path.endswith(("moving_mean", "beta", "bias")):
+            value = rng.normal(0.0, 0.2, shape)
+        elif variable.path.endswith("gamma"):
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            fan_in = np.prod(shape[:-1])
+            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+        variable.assign(value.astype("float32"))
+    path = tmp_path_factory.mktemp("init") / "pretrained.weights.h5"
+    model.save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(init_checkpoint):
+    """The checkpoint's values by variable path, as Keras itself loads them."""
+    model = _wrn(CHECKPOINT_CLASSES)
+    model.load_weights(init_checkpoint)
+    return {variable.path: variable.numpy() for variable in model.weights}
+
+
+def tiny_config(model_dir, init_checkpoint, **overrides):
+    values = dict(
+        model="wrn_10_1",
+        dataset="digits",
+        image_size=None,
+        batch_size=16,
+        epochs=2,
+        steps_per_epoch=3,
+        learning_rate=0.05,
+        schedule="constant",
+        model_dir=str(model_dir),
+        init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
+        verbose=False,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _batch_norms(model):
+    return [layer for layer in model.layers if isinstance(layer, layers.BatchNorm)]
+
+
+def _values(model, suffixes):
+    return {v.path: v.numpy() for v in model.weights if v.path.endswith(suffixes)}
+
+
+STATISTICS = ("moving_mean", "moving_variance")
+GAMMA_BETA = ("gamma", "beta")
+
+
+def test_new_head_restore_equals_the_checkpoint_body_and_skips_exactly_the_head(
+    init_checkpoint, reference
+):
+    model = _wrn(10)
+    fresh_head = _values(model, ("predictions/kernel", "predictions/bias"))
+    source = finetune.read_init_checkpoint(str(init_checkpoint), "batch")
+
+    initialization = finetune.initialize(model, str(init_checkpoint), source)
+
+    assert initialization.new_head == HEAD
+    assert sorted(initialization.report.skipped) == sorted(HEAD)
+    assert initialization.report.complete and initialization.audit == ()
+    body = [v for v in model.weights if v.path not in HEAD]
+    assert sum(v.path.endswith(STATISTICS) for v in body) == 2 * len(_batch_norms(model))
+    for variable in body:
+        np.testing.assert_array_equal(variable.numpy(), reference[variable.path], err_msg=variable.path)
+    for path, value in _values(model, ("predictions/kernel", "predictions/bias")).items():
+        np.testing.assert_array_equal(value, fresh_head[path], err_msg=path)
+    assert sorted(initialization.report.restored) == sorted(v.path for v in body)
+
+
+def test_frozen_stats_keeps_statistics_bit_identical_while_gamma_and_beta_train(
+    tmp_path, init_checkpoint, reference
+):
+    result = train(tiny_config(tmp_path, init_checkpoint, bn="frozen_stats"))
+
+    for path, value in _values(result.model, STATISTICS).items():
+        np.testing.assert_array_equal(value, reference[path], err_msg=path)
+    changed = [
+        path for path, value in _values(result.model, GAMMA_BETA).items()
+        if not np.array_equal(value, reference[path])
+    ]
+    assert len(changed) == len(_values(result.model, GAMMA_BETA))
+    written = json.loads((tmp_path / "restore_report.json").read_text())
+    assert written["new_head"] == list(HEAD)
+    assert sorted(written["report"]["skipped"]) == sorted(HEAD)
+    assert written["report"]["unrestored_statistics"] == []
+    assert written["audit_after_restore"] == []
+    flags = json.loads((tmp_path / "flags.json").read_text())["config"]
+    assert flags["init_checkpoint"] == str(init_checkpoint) and flags["bn"] == "frozen_stats"
+
+
+def test_frozen_keeps_gamma_beta_and_statistics_while_convolutions_train(
+    tmp_path, init_checkpoint, reference
+):
+    result = train(tiny_config(tmp_path, init_checkpoint, bn="frozen"))
+
+    for path, value in _values(result.model, STATISTICS + GAMMA_BETA).items():
+        np.testing.assert_array_equal(value, reference[path], err_msg=path)
+    kernels = _values(result.model, ("kernel",))
+    assert all(not np.array_equal(value, reference[path]) for path, value in kernels.items() if path not in HEAD)
+
+
+def test_bn_train_updates_the_restored_statistics(tmp_path, init_checkpoint, reference):
+    result = train(tiny_config(tmp_path, init_checkpoint, bn="train"))
+
+    statistics = _values(result.model, STATISTICS)
+    assert all(not np.array_equal(value, reference[path]) for path, value in statistics.items())
+    assert bn.audit(result.model) == []
+
+
+def test_trainable_only_restore_leaves_initial_statistics_that_audit_names(
+    tmp_path, init_checkpoint, reference
+):
+    # Article 002's restore, with BatchNorm in inference mode while fine-tuning.
+    config = tiny_config(tmp_path, init_checkpoint, init_variables="trainable", bn="frozen_stats")
+    result = train(config)
+
+    norms = [layer.name for layer in _batch_norms(result.model)]
+    for layer in _batch_norms(result.model):
+        np.testing.assert_array_equal(layer.moving_mean.numpy(), np.zeros(layer.moving_mean.shape))
+        np.testing.assert_array_equal(layer.moving_variance.numpy(), np.ones(layer.moving_variance.shape))
+    assert [p.layer for p in bn.audit(result.model)] == norms
+    assert [p.layer for p in result.initialization.audit] == norms
+    written = json.loads((tmp_path / "restore_report.json").read_text())
+    statistics = sorted(path for path in reference if path.endswith(STATISTICS))
+    assert sorted(written["report"]["unrestored_statistics"]) == statistics
+    assert sorted(written["report"]["skipped"]) == sorted([*statistics, *HEAD])
+    trainable_body = [p for p in reference if not p.endswith(STATISTICS) and p.split("/")[0] != "predictions"]
+    assert sorted(written["report"]["restored"]) == sorted(trainable_body)
+
+
+def test_resuming_an_interrupted_finetune_continues_from_its_own_checkpoint(
+    tmp_path, init_checkpoint
+):
+    straight = train(tiny_config(tmp_path / "straight", init_checkpoint, bn="frozen_stats"))
+    interrupted = tmp_path / "interrupted"
+    config = tiny_config(interrupted, init_checkpoint, bn="frozen_stats", checkpoint_steps=2, max_checkpoints=10)
+    train(config)
+    checkpoints = interrupted / "checkpoints"
+    for path in checkpoints.glob("ckpt-6.*"):
+        path.unlink()
+    tf.compat.v1.train.update_checkpoint_state(str(checkpoints), str(checkpoints / "ckpt-4"))
+    # Were the init checkpoint applied again, the resumed run could not even start.
+    moved = tmp_path / "moved.weights.h5"
+    os.replace(init_checkpoint, moved)
+    try:
+        resumed = train(config)
+    finally:
+        os.replace(moved, init_checkpoint)
+
+    assert resumed.initialization is None
+    assert resumed.metrics["steps"] == 6
+    for a, b in zip(straight.model.weights, resumed.model.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=1e-6, err_msg=a.path)
+
+
+def test_a_missing_init_checkpoint_is_a_clear_error_and_nothing_is_trained(tmp_path):
+    missing = tmp_path / "no_such.weights.h5"
+    model_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=re.escape(str(missing))):
+        train(tiny_config(model_dir, missing))
+    assert not model_dir.exists()
+
+
+def test_a_checkpoint_of_another_norm_names_the_norm_to_pass(tmp_path):
+    path = tmp_path / "layer_norm.weights.h5"
+    _wrn(10, norm="layer").save_weights(path)
+    with pytest.raises(ConfigError, match="norm='layer'.*--norm=layer"):
+        train(tiny_config(tmp_path / "run", path))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(norm="layer", bn="frozen_stats"), "norm='layer' has none"),
+        (dict(init_checkpoint=None, bn="frozen"), "without init_checkpoint"),
+        (dict(init_checkpoint=None, init_variables="trainable"), "applies to a run with init_checkpoint"),
+        (dict(bn="frozen_statistics"), "choose one of train, frozen_stats, frozen"),
+        (dict(num_classes=5), "smaller than the 10 classes"),
+    ],
+)
+def test_invalid_finetune_configurations_are_refused(tmp_path, init_checkpoint, overrides, message):
+    overrides = {"init_checkpoint": init_checkpoint, **overrides}
+    with pytest.raises(ConfigError, match=message):
+        train(tiny_config(tmp_path / "run", **overrides))
+    assert not (tmp_path / "run").exists()
+
+
+def test_finetune_script_runs_end_to_end(tmp_path, init_checkpoint, reference):
+    model_dir = tmp_path / "run"
+    command = [
+        sys.executable, str(SCRIPT),
+        f"--init_checkpoint={init_checkpoint}",
+        "--model=wrn_10_1", "--image_size=0", "--batch_size=16", "--epochs=1",
+        "--steps_per_epoch=2", f"--model_dir={model_dir}",
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "new classifier (predictions/kernel, predictions/bias)" in completed.stdout
+
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    config = json.loads((model_dir / "flags.json").read_text())["config"]
+    assert config["bn"] == "frozen_stats" and config["init_checkpoint"] == str(init_checkpoint)
+    assert (model_dir / "restore_report.json").exists()
+    # The script's default, frozen statistics, kept the checkpoint's.
+    trained = _wrn(10)
+    trained.load_weights(model_dir / "model.weights.h5")
+    for path, value in _values(trained, STATISTICS).items():
+        np.testing.assert_array_equal(value, reference[path], err_msg=path)
+
+
+def test_batch_dependence_inference_is_batch_independent_and_batch_statistics_are_not(
+    init_checkpoint,
+):
+    model = _wrn(10)
+    finetune.initialize(model, str(init_checkpoint), finetune.read_init_checkpoint(str(init_checkpoint), "batch"))
+    before = [v.numpy() for v in model.weights]
+
+    accuracy = evaluate_batch_dependence(model, "digits", batch_size=16)
+
+    for variable, value in zip(model.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+    images, labels = zip(*((x.numpy(), y.numpy()) for x, y in data.load("digits", "test", global_batch_size=360, training=False)))
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    # Inference: each prediction on its own (the whole split in one call).
+    expected = np.mean(np.argmax(model(images, training=False).numpy(), -1) == labels)
+    assert accuracy["mixed"]["inference"] == pytest.approx(expected, abs=1e-12)
+    assert accuracy["single_class"]["inference"] == pytest.approx(expected, abs=1e-12)
+    # Batch statistics: each single-class batch normalized with its own
+    # statistics, as Keras' training-mode call computes them.
+    correct = 0
+    for batch_images, batch_labels in data.load(
+        "digits", "test", global_batch_size=16, training=False, single_class_batches=True
+    ):
+        logits = model(batch_images, training=True).numpy()
+        correct += np.sum(np.argmax(logits, -1) == batch_labels.numpy())
+    for variable, value in zip(model.weights, before):
+        variable.assign(value)
+    assert accuracy["single_class"]["batch_statistics"] == pytest.approx(correct / len(labels), abs=1e-12)
