@@ -23,6 +23,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 
 import h5py
 import ml_dtypes
@@ -47,7 +48,12 @@ def read_h5(path):
             f"or damaged. Copy or download it again."
         ) from error
     with file:
-        return _read_h5_file(file, path)
+        try:
+            return _read_h5_file(file, path)
+        except RestoreError:
+            raise
+        except _READ_ERRORS as error:
+            raise _damaged(path, error) from error
 
 
 def _read_h5_file(file, path, format_if_keras3="keras_weights_h5"):
@@ -73,21 +79,70 @@ def _read_h5_file(file, path, format_if_keras3="keras_weights_h5"):
 def read_keras_file(path):
     """Reads the weights of a Keras 3 `.keras` file, and the layout its
     saved configuration records."""
-    with zipfile.ZipFile(path) as archive:
-        members = set(archive.namelist())
-        if "model.weights.h5" not in members:
-            raise RestoreError(
-                f"{path} is a zip file but not a .keras model file: it has no "
-                f"model.weights.h5 (members: {', '.join(sorted(members)[:10])}). Sharded "
-                f"or npz-weighted .keras files are not supported: load the model with "
-                f"keras.saving.load_model and save_weights it to a .weights.h5 file."
-            )
-        config = json.loads(archive.read("config.json")) if "config.json" in members else {}
-        weights = io.BytesIO(archive.read("model.weights.h5"))
-    with h5py.File(weights, "r") as file:
-        source = _read_h5_file(file, path, format_if_keras3="keras_file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = set(archive.namelist())
+            if "model.weights.h5" not in members:
+                raise RestoreError(
+                    f"{path} is a zip file but not a .keras model file: it has no "
+                    f"model.weights.h5 (members: {', '.join(sorted(members)[:10])}). Sharded "
+                    f"or npz-weighted .keras files are not supported: load the model with "
+                    f"keras.saving.load_model and save_weights it to a .weights.h5 file."
+                )
+            config = json.loads(archive.read("config.json")) if "config.json" in members else {}
+            weights = io.BytesIO(archive.read("model.weights.h5"))
+        _refuse_code(config, path)
+        with h5py.File(weights, "r") as file:
+            source = _read_h5_file(file, path, format_if_keras3="keras_file")
+    except RestoreError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, json.JSONDecodeError, *_READ_ERRORS) as error:
+        raise _damaged(path, error) from error
     source.config_layout = _layout_of_config(config)
     return source
+
+
+# What h5py and zipfile raise on a damaged file (RestoreError, a ValueError,
+# is re-raised before these are caught).
+_READ_ERRORS = (OSError, KeyError, ValueError, RuntimeError, EOFError)
+
+
+def _damaged(path, error):
+    return RestoreError(
+        f"{path} cannot be read ({type(error).__name__}: {error}): it is truncated or "
+        f"damaged. Copy or download it again; nothing was restored."
+    )
+
+
+def _refuse_code(config, path):
+    """Refuses a model configuration holding Python bytecode (a `Lambda`
+    layer's lambda function), as Keras' `safe_mode` does. normzoo reads only
+    the configuration's JSON and never runs code from it, but such a file
+    describes a model whose function the weights alone do not give."""
+    found = []
+
+    def visit(node, layer):
+        if isinstance(node, dict):
+            if node.get("class_name") == "__lambda__":
+                found.append(layer)
+            config = node.get("config")
+            if isinstance(config, dict) and isinstance(config.get("name"), str):
+                layer = config["name"]
+            for value in node.values():
+                visit(value, layer)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value, layer)
+
+    visit(config, None)
+    if found:
+        raise RestoreError(
+            f"{path} holds Python bytecode (the lambda function of layer(s) "
+            f"{', '.join(sorted(set(map(str, found))))}), which Keras' safe_mode refuses to "
+            f"load and normzoo never runs. If you trust the file, load it with "
+            f"keras.saving.load_model(path, safe_mode=False), save its weights with "
+            f"model.save_weights('model.weights.h5') and restore that file."
+        )
 
 
 def _keras3_layers(file, path):

@@ -15,6 +15,8 @@ from normzoo.checkpoints.source import FORMATS, architecture
 from normzoo.models import leaf_layers
 
 _TF_DATA_FILE = re.compile(r"\.data-\d+-of-\d+$")
+# The first bytes of a zip archive (a .keras file), which keeps its directory at the end.
+_ZIP_SIGNATURE = b"PK\x03\x04"
 
 
 def restore(model, path, *, strict=True, skip=()):
@@ -41,6 +43,14 @@ def restore(model, path, *, strict=True, skip=()):
       101/152 and V2);
     - TF1 checkpoints of TF-slim `resnet_v1_*` / `resnet_v2_*`.
 
+    Damaged files are refused: TensorFlow checkpoints (a CRC32C checksum
+    per tensor) and `.keras` files (zip CRC-32) are checked byte for byte,
+    and a truncated or structurally damaged HDF5 file cannot be opened. HDF5
+    weight files carry no checksum of their tensor data, though: a flipped
+    bit inside a tensor of a `.weights.h5` goes unnoticed unless it makes a
+    value NaN or Inf; check such files against a known hash (as
+    `checkpoints/manifest.json` records for normzoo's published ones).
+
     A checkpoint fits a model only if it was saved from the same
     architecture; `normzoo.models.build(name, weights=path)` builds the model
     in the checkpoint's layout and size.
@@ -60,8 +70,10 @@ def restore(model, path, *, strict=True, skip=()):
         A `RestoreReport` naming every model variable and checkpoint tensor.
 
     Raises:
-        RestoreError: The checkpoint is missing, unreadable or of an unknown
-            format (the message says which formats are known); or, with
+        RestoreError: The checkpoint is missing, truncated, damaged or of an
+            unknown format (the message says which formats are known); a
+            `.keras` file holds Python bytecode (a `Lambda` layer's lambda,
+            which Keras' safe_mode refuses; it is never run); or, with
             `strict=True`, variables are missing, unexpected, of another
             shape, or hold NaN/Inf (each one is named). The model is
             unchanged.
@@ -87,6 +99,13 @@ def read(path):
         return keras_files.read_h5(path)
     if zipfile.is_zipfile(path):
         return keras_files.read_keras_file(path)
+    with open(path, "rb") as file:
+        signature = file.read(4)
+    if signature == _ZIP_SIGNATURE:
+        raise RestoreError(
+            f"{path} starts like a zip (.keras) file but has no zip directory at its end: it "
+            f"is truncated or damaged. Copy or download it again."
+        )
     known = "\n".join(f"  - {description}" for description in FORMATS.values())
     raise RestoreError(f"{path} is in none of the checkpoint formats normzoo reads:\n{known}")
 

@@ -33,10 +33,20 @@ def read(prefix):
             f"Cannot read the TensorFlow checkpoint {prefix}: {error}. Check that its "
             f".index and .data-* files are complete (a copy may have been cut short)."
         ) from error
-    shapes = reader.get_variable_to_shape_map()
-    if _OBJECT_GRAPH_KEY in shapes:
-        return _read_object_based(reader, prefix)
-    return slim.read(reader, prefix)
+    try:
+        shapes = reader.get_variable_to_shape_map()
+        if _OBJECT_GRAPH_KEY in shapes:
+            return _read_object_based(reader, prefix)
+        return slim.read(reader, prefix)
+    except RestoreError:
+        raise
+    except (tf.errors.OpError, IndexError, ValueError) as error:
+        # A tensor's bytes fail their CRC32C checksum, or a data file is cut short.
+        raise RestoreError(
+            f"Cannot read the TensorFlow checkpoint {prefix}: its data is damaged or "
+            f"incomplete ({type(error).__name__}: {str(error).splitlines()[0]}). Copy it again "
+            f"or restore an earlier checkpoint; nothing was restored."
+        ) from error
 
 
 def _read_object_based(reader, prefix):

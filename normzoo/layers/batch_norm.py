@@ -49,6 +49,12 @@ class BatchNorm(AffineNormalization):
       batch-norm op.
     - A channel whose batch mean or variance is not finite leaves its moving
       statistics unchanged.
+    - A training batch of one example is normalized over its spatial
+      positions (an image), which is well defined. With one value per
+      channel (a dense input, or a 1x1 image) the variance is 0: the output
+      is `beta`, the gradients are finite (zero for the input and gamma) and
+      the moving variance decays towards 0. Use `frozen_stats=True` or
+      `LayerNorm` to train on such batches.
     - `synchronized=True` gathers the global batch's statistics with a single
       collective per call (Keras uses three all-reduces), exact also when
       replicas hold batches of different sizes.

@@ -477,3 +477,48 @@ def test_invalid_arguments_raise_clear_errors(kwargs, message):
 def test_axis_out_of_range_names_the_axis_and_rank():
     with pytest.raises(ValueError, match="out of range"):
         BatchNorm(axis=4).build((2, 3, 3, 3))
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 8, 8, 3), (1, 1, 1, 3), (1, 3)],
+    ids=["image", "one_position", "dense"],
+)
+def test_a_training_batch_of_one_example_follows_the_formula_without_nan(shape, jit_compile):
+    """One example: an image is normalized over its positions; with a single
+    value per channel (a dense input, or a 1x1 image) the variance is 0, the
+    output is beta and the moving variance decays towards 0; nothing is NaN,
+    and the gradients are finite."""
+    layer = built_layer(shape, momentum=0.9)
+    x = np.random.default_rng(1).normal(2.0, 3.0, shape).astype("float32")
+    before = variable_values(layer)
+    gamma, beta = before[layer.gamma.path], before[layer.beta.path]
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * tf.range(1.0, y.shape[-1] + 1.0))
+        return y, tape.gradient(loss, [x, layer.gamma, layer.beta])
+
+    outputs, gradients = step(tf.constant(x))
+
+    mean, variance = numpy_batch_moments(x, -1)
+    np.testing.assert_allclose(
+        outputs, numpy_batch_norm(x, mean, variance, gamma, beta, -1), rtol=1e-5, atol=1e-5
+    )
+    if np.prod(shape[:-1]) == 1:
+        np.testing.assert_array_equal(variance, 0.0)
+        np.testing.assert_allclose(outputs, np.broadcast_to(beta, shape), atol=1e-6)
+    for gradient in gradients:
+        assert np.isfinite(gradient.numpy()).all()
+    np.testing.assert_allclose(
+        layer.moving_mean.numpy(), 0.9 * before[layer.moving_mean.path] + 0.1 * mean, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        layer.moving_variance.numpy(),
+        0.9 * before[layer.moving_variance.path] + 0.1 * variance,
+        rtol=1e-5,
+    )
