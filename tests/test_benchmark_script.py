@@ -1,0 +1,81 @@
+"""scripts/benchmark.py --quick runs every figure end to end and writes its
+table and numbers; the invariants that are not timings hold."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "benchmark.py")
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7")
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("benchmarks")
+    subprocess.run(
+        [sys.executable, _SCRIPT, "--quick", f"--output_dir={output_dir}"],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
+    )
+    markdown = (output_dir / "BENCHMARKS.md").read_text()
+    return json.loads((output_dir / "benchmark.json").read_text()), markdown
+
+
+def test_every_figure_is_measured_with_finite_values(record):
+    record, markdown = record
+    by_figure = {}
+    for measurement in record["measurements"]:
+        by_figure.setdefault(measurement["figure"], []).append(measurement)
+        assert math.isfinite(measurement["value"]), measurement
+        assert isinstance(measurement["met"], bool)
+        assert measurement["name"] in markdown
+    assert sorted(by_figure) == list(FIGURES)
+    assert len(by_figure["P5"]) == 2  # restore and build
+    assert record["config"]["quick"] is True
+
+
+def test_the_machine_is_stated(record):
+    record, markdown = record
+    machine = record["machine"]
+    assert machine["cores"] >= 1 and machine["memory_gib"] > 0
+    assert machine["tensorflow"] in markdown and machine["keras"] in markdown
+    assert "TF_ENABLE_ONEDNN_OPTS=" in markdown
+    assert machine["cpu"] in markdown
+
+
+def test_folded_resnet50_computes_what_the_unfolded_one_does(record):
+    record, _ = record
+    for measurement in record["measurements"]:
+        if measurement["figure"] == "P3":
+            details = measurement["details"]
+            # float32 rounding through the 53 folded convolutions of ResNet-50
+            assert details["max_abs_output_difference"] <= 1e-3 * max(1.0, details["max_abs_output"])
+
+
+def test_flop_count_agrees_with_the_profiler_and_restore_is_exact(record):
+    record, _ = record
+    for measurement in record["measurements"]:
+        details = measurement["details"]
+        if measurement["figure"] == "P6":
+            # The analytic count (convolutions and dense layers, from their
+            # shapes) and TensorFlow's profiler count the same operations.
+            assert details["forward_multiply_adds_per_image"] == details[
+                "profiled_forward_multiply_adds_per_image"
+            ]
+        if measurement["figure"] == "P5" and "all_variables_identical" in details:
+            assert details["all_variables_identical"]
+            assert details["restored_variables"] == details["variables"]
+
+
+def test_depth_fit_has_a_residual_per_depth(record):
+    record, _ = record
+    depths = [row["model"] for row in record["wrn_depths"]]
+    assert depths == [f"wrn_{n}_2" for n in sorted(int(d) for d in record["config"]["wrn_depths"])]
+    for measurement in record["measurements"]:
+        if measurement["figure"] == "P7":
+            assert list(measurement["details"]["residual_seconds"]) == depths
