@@ -6,6 +6,14 @@ residual block the variance of the skip path and of the residual branch (see
 training mode, and writes a PNG of variance against block index, with the
 numbers and the flags beside it as JSON (same name, .json).
 
+The fourth panel is the residual-branch scaling: the variance of block i's
+branch relative to its skip path, against i counted within the stage (each
+stage starts afresh from a projected skip path). The article's argument is
+that BatchNorm makes this ratio about 1/i, i.e. scales branch i by
+1/sqrt(i) in standard deviation; the JSON records the ratios and, per
+normalization, the least-squares slope of log(ratio) on log(i) over blocks
+i >= 2 of every stage (-1 for exact 1/i scaling).
+
     pip install "normzoo[plot]"   # matplotlib
     python scripts/signal_propagation.py --output=signal_propagation.png
 """
@@ -24,22 +32,57 @@ flags.DEFINE_string("output", "signal_propagation.png", "Path of the PNG; the JS
 FLAGS = flags.FLAGS
 
 
-def plot(results, model_name, path):
-    try:
-        import matplotlib
-    except ImportError:
-        raise app.UsageError(
-            'Plotting needs matplotlib: pip install "normzoo[plot]" (or matplotlib).'
-        ) from None
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
+def index_in_stage(blocks):
+    """The unit number u of every block named "conv{stage}_block{u}"."""
+    return [int(block.rsplit("_block", 1)[1]) for block in blocks]
 
-    figure, (linear_axes, log_axes, branch_axes) = pyplot.subplots(1, 3, figsize=(15, 4.4))
+
+def branch_scaling(signals):
+    """Branch-to-skip variance ratios, and the slope of log(ratio) on
+    log(index in stage) over the blocks with index >= 2 (None unless there
+    are two distinct such indices and every such ratio is positive: SkipInit's
+    branches are 0 at initialization)."""
+    import numpy as np
+
+    ratio = signals.branch_variance / signals.skip_variance
+    index = np.array(index_in_stage(signals.blocks))
+    later = index >= 2
+    slope = None
+    if len(set(index[later])) >= 2 and np.all(ratio[later] > 0):
+        slope = float(np.polyfit(np.log(index[later]), np.log(ratio[later]), 1)[0])
+    return ratio, slope
+
+
+def _numbers(signals):
+    ratio, slope = branch_scaling(signals)
+    return {
+        "blocks": list(signals.blocks),
+        "skip_variance": signals.skip_variance.tolist(),
+        "branch_variance": signals.branch_variance.tolist(),
+        "index_in_stage": index_in_stage(signals.blocks),
+        "branch_to_skip_ratio": ratio.tolist(),
+        "branch_scaling_slope": slope,
+    }
+
+
+def plot(results, model_name, path):
+    from normzoo import experiments
+
+    pyplot = experiments.pyplot()
+    figure, (linear_axes, log_axes, branch_axes, ratio_axes) = pyplot.subplots(
+        1, 4, figsize=(20, 4.4)
+    )
     for norm, signals in results.items():
         index = range(1, len(signals.blocks) + 1)
         linear_axes.plot(index, signals.skip_variance, label=norm)
         log_axes.plot(index, signals.skip_variance, label=norm)
         branch_axes.plot(index, signals.branch_variance, label=norm)
+        ratio, slope = branch_scaling(signals)
+        if slope is not None:
+            ratio_axes.plot(
+                index_in_stage(signals.blocks), ratio, "o", markersize=3,
+                label=f"{norm} (log-log slope {slope:.2f})",
+            )
     # On a linear scale the normalized networks' straight lines (the paper's
     # Figure 4) would be flattened by the unnormalized one's explosion.
     bounded = [signals.skip_variance.max() for norm, signals in results.items() if norm != "none"]
@@ -65,10 +108,18 @@ def plot(results, model_name, path):
         axes.set_title(f"{title}, {scale} scale")
         axes.grid(True, alpha=0.3)
     log_axes.legend(title="norm", loc="upper left")
+    longest_stage = max(index_in_stage(first_signals.blocks))
+    reference = range(1, longest_stage + 1)
+    ratio_axes.plot(reference, [1 / i for i in reference], "k--", label="1/i")
+    ratio_axes.set_xscale("log")
+    ratio_axes.set_yscale("log")
+    ratio_axes.set_xlabel("block i within its stage")
+    ratio_axes.set_ylabel("branch variance / skip-path variance")
+    ratio_axes.set_title("residual-branch scaling (std ~ 1/sqrt(i))")
+    ratio_axes.grid(True, alpha=0.3)
+    ratio_axes.legend(loc="lower left")
     figure.suptitle(f"{model_name} at initialization (dotted: a new stage, projected skip path)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
+    experiments.save_figure(figure, path)
 
 
 def main(argv):
@@ -100,14 +151,7 @@ def main(argv):
             name: FLAGS[name].value
             for name in ("model", "norms", "batch_size", "image_size", "seed")
         },
-        "results": {
-            norm: {
-                "blocks": list(signals.blocks),
-                "skip_variance": signals.skip_variance.tolist(),
-                "branch_variance": signals.branch_variance.tolist(),
-            }
-            for norm, signals in results.items()
-        },
+        "results": {norm: _numbers(signals) for norm, signals in results.items()},
     }
     with open(os.path.splitext(FLAGS.output)[0] + ".json", "w") as file:
         json.dump(record, file, indent=1)
