@@ -48,3 +48,27 @@ def base_config(**fields):
         verbose=False,
         **fields,
     )
+
+
+def run_and_write(argv, cells, flag_names, markdown, **record_fields):
+    """The `main` of a grid script: checks the command line, trains every
+    cell of `cells()`, and writes --output's JSON (the values of
+    `flag_names`, `record_fields`, the environment and every cell) and
+    markdown (`markdown(rows)`). Returns the rows and the paths written."""
+    from absl import app, logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+    from normzoo import experiments
+
+    rows = experiments.run_grid(cells())
+    record = {
+        "flags": {name: FLAGS[name].value for name in flag_names},
+        **record_fields,
+        "environment": experiments.environment(),
+        "results": rows,
+    }
+    return rows, experiments.write_results(FLAGS.output, record, markdown(rows))

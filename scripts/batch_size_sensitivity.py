@@ -18,7 +18,7 @@ minutes on 2 CPU cores. Writes `<output>.json`, `<output>.md` and
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
 import _grid_flags  # scripts/_grid_flags.py
 
@@ -119,27 +119,19 @@ def plot(rows, path):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     _check_flags()
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-
-    from normzoo import experiments
-
-    rows = experiments.run_grid(cells())
     flag_names = [
         "model", "batch_sizes", "norms", "dataset", "image_size", "examples",
         "base_learning_rate", "base_batch_size", "max_learning_rate", "weight_decay", "seed",
     ]
-    record = {
-        "flags": {name: FLAGS[name].value for name in flag_names},
-        "learning_rate_rule": "base_learning_rate * batch_size / base_batch_size, capped at "
+    rows, paths = _grid_flags.run_and_write(
+        argv,
+        cells,
+        flag_names,
+        markdown,
+        learning_rate_rule="base_learning_rate * batch_size / base_batch_size, capped at "
         "max_learning_rate; one cosine schedule over examples // batch_size steps",
-        "environment": experiments.environment(),
-        "results": rows,
-    }
-    paths = experiments.write_results(FLAGS.output, record, markdown(rows))
+    )
     plot(rows, f"{FLAGS.output}.png")
     print(f"Wrote {', '.join(paths)} and {FLAGS.output}.png")
 

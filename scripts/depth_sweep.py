@@ -18,7 +18,7 @@ and `<output>.md` (tables).
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
 import _grid_flags  # scripts/_grid_flags.py
 
@@ -83,25 +83,12 @@ def markdown(rows):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     _check_flags()
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-
-    from normzoo import experiments
-
-    rows = experiments.run_grid(cells())
     flag_names = [
         "depths", "width", "norms", "dataset", "image_size", "batch_size", "epochs",
         "steps_per_epoch", "learning_rate", "schedule", "weight_decay", "seed",
     ]
-    record = {
-        "flags": {name: FLAGS[name].value for name in flag_names},
-        "environment": experiments.environment(),
-        "results": rows,
-    }
-    paths = experiments.write_results(FLAGS.output, record, markdown(rows))
+    _, paths = _grid_flags.run_and_write(argv, cells, flag_names, markdown)
     print(f"Wrote {' and '.join(paths)}")
 
 

@@ -34,3 +34,31 @@ def mirrored_strategy():
     this one instead of creating their own.
     """
     return tf.distribute.MirroredStrategy(LOGICAL_CPUS)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """tiny_config(model_dir, init_checkpoint=None, **overrides): a
+    `TrainConfig` of WRN-10-1 (one block per stage) on native 8x8 digits, 2
+    epochs of 3 steps: seconds per run, for the tests of the training loop,
+    fine-tuning and checkpoints."""
+    from normzoo.training import TrainConfig
+
+    def make(model_dir, init_checkpoint=None, **overrides):
+        values = dict(
+            model="wrn_10_1",
+            dataset="digits",
+            image_size=None,
+            batch_size=16,
+            epochs=2,
+            steps_per_epoch=3,
+            learning_rate=0.05,
+            schedule="constant",
+            model_dir=str(model_dir),
+            init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
+            verbose=False,
+        )
+        values.update(overrides)
+        return TrainConfig(**values)
+
+    return make

@@ -9,26 +9,15 @@ import tensorflow as tf
 from keras.src.legacy.saving import legacy_h5_format
 
 from normzoo import checkpoints, models
-from normzoo.training import TrainConfig, train
+from normzoo.training import train
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_config):
     """A few steps of the real training loop (WRN-10-1 on 8x8 digits): its
     model, and the model_dir with checkpoints/ and model.weights.h5."""
     model_dir = tmp_path_factory.mktemp("run")
-    config = TrainConfig(
-        model="wrn_10_1",
-        dataset="digits",
-        image_size=None,
-        batch_size=16,
-        epochs=1,
-        steps_per_epoch=3,
-        learning_rate=0.05,
-        schedule="constant",
-        model_dir=str(model_dir),
-        verbose=False,
-    )
+    config = tiny_config(model_dir, epochs=1)
     return train(config).model, model_dir
 
 

@@ -8,27 +8,11 @@ import pytest
 import tensorflow as tf
 
 from normzoo import checkpoints, models
-from normzoo.training import TrainConfig, TrainingDiverged, loop, train
+from normzoo.training import TrainingDiverged, loop, train
 
 
-def tiny_config(model_dir, **overrides):
-    """WRN-10-1 on native 8x8 digits, checkpointed every step."""
-    values = {
-        "model": "wrn_10_1",
-        "dataset": "digits",
-        "image_size": None,
-        "batch_size": 16,
-        "epochs": 1,
-        "steps_per_epoch": 4,
-        "learning_rate": 0.05,
-        "schedule": "constant",
-        "checkpoint_steps": 1,
-        "max_checkpoints": 10,
-        "model_dir": str(model_dir),
-        "verbose": False,
-    }
-    values.update(overrides)
-    return TrainConfig(**values)
+# Checkpointed every step, so that every good step leaves a checkpoint behind.
+EVERY_STEP = dict(epochs=1, steps_per_epoch=4, checkpoint_steps=1, max_checkpoints=10)
 
 
 def file_digests(directory):
@@ -55,10 +39,10 @@ class _PoisonAfter(loop.TrainStep):
 
 
 def test_weights_made_non_finite_by_a_step_with_finite_loss_never_reach_a_checkpoint(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, tiny_config
 ):
     model_dir = tmp_path / "run"
-    train(tiny_config(model_dir))  # 4 good steps, checkpoints 1-4
+    train(tiny_config(model_dir, **EVERY_STEP))  # 4 good steps, checkpoints 1-4
     checkpoints_dir = model_dir / "checkpoints"
     digests = file_digests(checkpoints_dir)
     latest = tf.train.latest_checkpoint(str(checkpoints_dir))
@@ -70,7 +54,7 @@ def test_weights_made_non_finite_by_a_step_with_finite_loss_never_reach_a_checkp
     monkeypatch.setattr(_PoisonAfter, "poison_step", 6)
     monkeypatch.setattr(loop, "TrainStep", _PoisonAfter)
     with pytest.raises(TrainingDiverged, match="predictions/kernel") as caught:
-        train(tiny_config(model_dir, epochs=2))
+        train(tiny_config(model_dir, **{**EVERY_STEP, "epochs": 2}))
     message = str(caught.value)
     assert "at step 6" in message and "ckpt-5" in message and "--learning_rate" in message
 
@@ -92,16 +76,16 @@ def test_weights_made_non_finite_by_a_step_with_finite_loss_never_reach_a_checkp
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
-def test_an_infinite_learning_rate_is_refused_before_anything_is_built(tmp_path):
+def test_an_infinite_learning_rate_is_refused_before_anything_is_built(tmp_path, tiny_config):
     with pytest.raises(loop.ConfigError, match="learning_rate must be positive and finite"):
-        train(tiny_config(tmp_path / "run", learning_rate=float("inf")))
+        train(tiny_config(tmp_path / "run", **{**EVERY_STEP, "learning_rate": float("inf")}))
     assert not (tmp_path / "run").exists()
 
 
-def test_a_batch_of_one_example_trains_with_finite_loss_and_statistics(tmp_path):
+def test_a_batch_of_one_example_trains_with_finite_loss_and_statistics(tmp_path, tiny_config):
     # Convolutional BatchNorm takes its statistics over the 8x8 positions of
     # the one image, so the step is well defined.
-    result = train(tiny_config(tmp_path, batch_size=1, checkpoint_steps=0))
+    result = train(tiny_config(tmp_path, **{**EVERY_STEP, "batch_size": 1, "checkpoint_steps": 0}))
     assert result.metrics["steps"] == 4
     assert np.isfinite(result.metrics["history"][-1]["train_loss"])
     for variable in result.model.weights:

@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 from normzoo import bn, data, layers, models
-from normzoo.training import ConfigError, TrainConfig, evaluate_batch_dependence, finetune, train
+from normzoo.training import ConfigError, evaluate_batch_dependence, finetune, train
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "finetune.py"
 CHECKPOINT_CLASSES = 7
@@ -64,24 +64,6 @@ def reference(init_checkpoint):
     return {variable.path: variable.numpy() for variable in model.weights}
 
 
-def tiny_config(model_dir, init_checkpoint, **overrides):
-    values = dict(
-        model="wrn_10_1",
-        dataset="digits",
-        image_size=None,
-        batch_size=16,
-        epochs=2,
-        steps_per_epoch=3,
-        learning_rate=0.05,
-        schedule="constant",
-        model_dir=str(model_dir),
-        init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
-        verbose=False,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
 def _batch_norms(model):
     return [layer for layer in model.layers if isinstance(layer, layers.BatchNorm)]
 
@@ -116,7 +98,7 @@ def test_new_head_restore_equals_the_checkpoint_body_and_skips_exactly_the_head(
 
 
 def test_frozen_stats_keeps_statistics_bit_identical_while_gamma_and_beta_train(
-    tmp_path, init_checkpoint, reference
+    tmp_path, init_checkpoint, reference, tiny_config
 ):
     result = train(tiny_config(tmp_path, init_checkpoint, bn="frozen_stats"))
 
@@ -137,7 +119,7 @@ def test_frozen_stats_keeps_statistics_bit_identical_while_gamma_and_beta_train(
 
 
 def test_frozen_keeps_gamma_beta_and_statistics_while_convolutions_train(
-    tmp_path, init_checkpoint, reference
+    tmp_path, init_checkpoint, reference, tiny_config
 ):
     result = train(tiny_config(tmp_path, init_checkpoint, bn="frozen"))
 
@@ -147,7 +129,7 @@ def test_frozen_keeps_gamma_beta_and_statistics_while_convolutions_train(
     assert all(not np.array_equal(value, reference[path]) for path, value in kernels.items() if path not in HEAD)
 
 
-def test_bn_train_updates_the_restored_statistics(tmp_path, init_checkpoint, reference):
+def test_bn_train_updates_the_restored_statistics(tmp_path, init_checkpoint, reference, tiny_config):
     result = train(tiny_config(tmp_path, init_checkpoint, bn="train"))
 
     statistics = _values(result.model, STATISTICS)
@@ -156,7 +138,7 @@ def test_bn_train_updates_the_restored_statistics(tmp_path, init_checkpoint, ref
 
 
 def test_trainable_only_restore_leaves_initial_statistics_that_audit_names(
-    tmp_path, init_checkpoint, reference
+    tmp_path, init_checkpoint, reference, tiny_config
 ):
     # Article 002's restore, with BatchNorm in inference mode while fine-tuning.
     config = tiny_config(tmp_path, init_checkpoint, init_variables="trainable", bn="frozen_stats")
@@ -177,7 +159,7 @@ def test_trainable_only_restore_leaves_initial_statistics_that_audit_names(
 
 
 def test_resuming_an_interrupted_finetune_continues_from_its_own_checkpoint(
-    tmp_path, init_checkpoint
+    tmp_path, init_checkpoint, tiny_config
 ):
     straight = train(tiny_config(tmp_path / "straight", init_checkpoint, bn="frozen_stats"))
     interrupted = tmp_path / "interrupted"
@@ -201,7 +183,7 @@ def test_resuming_an_interrupted_finetune_continues_from_its_own_checkpoint(
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=1e-6, err_msg=a.path)
 
 
-def test_a_missing_init_checkpoint_is_a_clear_error_and_nothing_is_trained(tmp_path):
+def test_a_missing_init_checkpoint_is_a_clear_error_and_nothing_is_trained(tmp_path, tiny_config):
     missing = tmp_path / "no_such.weights.h5"
     model_dir = tmp_path / "run"
     with pytest.raises(ConfigError, match=re.escape(str(missing))):
@@ -209,7 +191,7 @@ def test_a_missing_init_checkpoint_is_a_clear_error_and_nothing_is_trained(tmp_p
     assert not model_dir.exists()
 
 
-def test_a_checkpoint_of_another_norm_names_the_norm_to_pass(tmp_path):
+def test_a_checkpoint_of_another_norm_names_the_norm_to_pass(tmp_path, tiny_config):
     path = tmp_path / "layer_norm.weights.h5"
     _wrn(10, norm="layer").save_weights(path)
     with pytest.raises(ConfigError, match="norm='layer'.*--norm=layer"):
@@ -227,7 +209,7 @@ def test_a_checkpoint_of_another_norm_names_the_norm_to_pass(tmp_path):
         (dict(num_classes=5), "smaller than the 10 classes"),
     ],
 )
-def test_invalid_finetune_configurations_are_refused(tmp_path, init_checkpoint, overrides, message):
+def test_invalid_finetune_configurations_are_refused(tmp_path, init_checkpoint, overrides, message, tiny_config):
     overrides = {"init_checkpoint": init_checkpoint, **overrides}
     with pytest.raises(ConfigError, match=message):
         train(tiny_config(tmp_path / "run", **overrides))

@@ -10,26 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from normzoo.training import ConfigError, TrainConfig, TrainingDiverged, train
+from normzoo.training import ConfigError, TrainingDiverged, train
 from normzoo.training.distribute import choose_xla_form
-
-def tiny_config(model_dir, **overrides):
-    """WRN-10-1 (one block per stage) on native 8x8 digits: seconds per run."""
-    values = dict(
-        model="wrn_10_1",
-        dataset="digits",
-        image_size=None,
-        batch_size=16,
-        epochs=2,
-        steps_per_epoch=3,
-        learning_rate=0.05,
-        schedule="constant",
-        model_dir=str(model_dir),
-        verbose=False,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
-
 
 def saved_weights(path):
     """Every variable of a saved `.weights.h5`, in order, via a fresh model."""
@@ -48,7 +30,7 @@ def assert_same_weights(path_a, path_b, atol=0.0):
         np.testing.assert_allclose(a[name], b[name], atol=atol, rtol=0, err_msg=name)
 
 
-def test_run_writes_checkpoints_metrics_flags_tensorboard_and_weights(tmp_path):
+def test_run_writes_checkpoints_metrics_flags_tensorboard_and_weights(tmp_path, tiny_config):
     result = train(tiny_config(tmp_path)).metrics
     for name in ("flags.json", "metrics.json", "model.weights.h5"):
         assert (tmp_path / name).exists(), name
@@ -62,14 +44,14 @@ def test_run_writes_checkpoints_metrics_flags_tensorboard_and_weights(tmp_path):
     assert flags["environment"]["steps_per_epoch"] == 3
 
 
-def test_rerunning_a_finished_run_trains_nothing_more(tmp_path):
+def test_rerunning_a_finished_run_trains_nothing_more(tmp_path, tiny_config):
     first = train(tiny_config(tmp_path)).metrics
     second = train(tiny_config(tmp_path)).metrics
     assert second["steps"] == first["steps"] == 6
     assert second["test_accuracy"] == first["test_accuracy"]
 
 
-def test_resuming_mid_epoch_reproduces_the_uninterrupted_run(tmp_path):
+def test_resuming_mid_epoch_reproduces_the_uninterrupted_run(tmp_path, tiny_config):
     straight = tmp_path / "straight"
     train(tiny_config(straight))
     interrupted = tmp_path / "interrupted"
@@ -84,7 +66,7 @@ def test_resuming_mid_epoch_reproduces_the_uninterrupted_run(tmp_path):
     assert_same_weights(straight / "model.weights.h5", interrupted / "model.weights.h5", atol=1e-6)
 
 
-def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_config):
     # Without normalization an absurd learning rate blows the activations up.
     train(tiny_config(tmp_path, epochs=1, norm="none"))
     good = saved_weights(tmp_path / "model.weights.h5")
@@ -100,7 +82,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     assert saved_weights(tmp_path / "model.weights.h5").keys() == good.keys()
 
 
-def test_resuming_with_another_model_is_refused_and_changes_nothing(tmp_path):
+def test_resuming_with_another_model_is_refused_and_changes_nothing(tmp_path, tiny_config):
     train(tiny_config(tmp_path, epochs=1))
     before = saved_weights(tmp_path / "model.weights.h5")
     latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
@@ -112,7 +94,7 @@ def test_resuming_with_another_model_is_refused_and_changes_nothing(tmp_path):
         np.testing.assert_array_equal(after[name], before[name])
 
 
-def test_xla_whole_step_is_compiled_and_equals_the_unjitted_run(tmp_path):
+def test_xla_whole_step_is_compiled_and_equals_the_unjitted_run(tmp_path, tiny_config):
     plain = train(tiny_config(tmp_path / "plain")).metrics
     jitted = train(tiny_config(tmp_path / "xla", jit_compile=True)).metrics
     assert "whole step" in jitted["xla"]
@@ -132,7 +114,7 @@ def test_xla_form_is_chosen_by_strategy_and_devices(mirrored_strategy):
 @pytest.mark.parametrize("jit_compile", [False, True])
 @pytest.mark.parametrize("sync_bn", [False, True])
 def test_mirrored_run_equals_single_device_run_on_the_same_global_batches(
-    tmp_path, sync_bn, jit_compile, mirrored_strategy
+    tmp_path, sync_bn, jit_compile, mirrored_strategy, tiny_config
 ):
     """Two replicas with synchronized BN compute exactly the single-device
     step; without sync each replica normalizes with its own half-batch, so
@@ -156,7 +138,7 @@ def test_mirrored_run_equals_single_device_run_on_the_same_global_batches(
 
 
 @pytest.mark.parametrize("mixed_precision", ["float16", "bfloat16"])
-def test_mixed_precision_run_keeps_float32_variables_and_tracks_the_float32_run(tmp_path, mixed_precision):
+def test_mixed_precision_run_keeps_float32_variables_and_tracks_the_float32_run(tmp_path, mixed_precision, tiny_config):
     reference = train(tiny_config(tmp_path / "float32", epochs=1)).metrics
     result = train(tiny_config(tmp_path / mixed_precision, epochs=1, mixed_precision=mixed_precision))
     for variable in result.model.variables:

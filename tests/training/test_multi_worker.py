@@ -4,7 +4,6 @@ the same global batches."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +15,6 @@ from normzoo.models import build
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
 TIMEOUT_SECONDS = 420
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def train_flags(model_dir, data_dir, *extra):
@@ -73,7 +62,7 @@ def weights(path):
     return values
 
 
-def test_two_worker_processes_with_xla_and_sync_bn_equal_one_device(tmp_path):
+def test_two_worker_processes_with_xla_and_sync_bn_equal_one_device(tmp_path, free_ports):
     data_dir = tmp_path / "tfds"
     environment = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     environment["TF_CPP_MIN_LOG_LEVEL"] = "2"
