@@ -9,6 +9,13 @@ Re-running the same command resumes from the last checkpoint in --model_dir.
 The flags are those of `normzoo.training.cli` (the fields of `TrainConfig`).
 """
 
+import os
+
+# oneDNN kernels made CPU training 1.43x faster here (scripts/results/BENCHMARKS.md),
+# but TensorFlow leaves them off on AMD CPUs. Set before TensorFlow is
+# imported; an explicit TF_ENABLE_ONEDNN_OPTS=0 in the environment wins.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 from absl import app
 
 from normzoo.training import cli

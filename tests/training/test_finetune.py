@@ -230,8 +230,12 @@ def test_finetune_script_runs_end_to_end(tmp_path, init_checkpoint, reference):
 
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["steps"] == 2 and 0.0 <= metrics["test_accuracy"] <= 1.0
-    config = json.loads((model_dir / "flags.json").read_text())["config"]
+    flags = json.loads((model_dir / "flags.json").read_text())
+    config = flags["config"]
     assert config["bn"] == "frozen_stats" and config["init_checkpoint"] == str(init_checkpoint)
+    # The scripts turn TensorFlow's oneDNN CPU kernels on unless told otherwise.
+    if "TF_ENABLE_ONEDNN_OPTS" not in os.environ:
+        assert flags["environment"]["onednn"] is True
     assert (model_dir / "restore_report.json").exists()
     # The script's default, frozen statistics, kept the checkpoint's.
     trained = _wrn(10)
