@@ -341,6 +341,17 @@ def linear_fit(x, y):
     return LinearFit(float(intercept), float(slope), float(r_squared), residuals.tolist())
 
 
+def onednn_enabled():
+    """Whether TensorFlow runs its oneDNN CPU kernels in this process (what it
+    decided from TF_ENABLE_ONEDNN_OPTS and the CPU; None if unknown)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # no public equivalent
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return None
+
+
 def machine():
     """What a measurement ran on: CPU, cores, memory, versions, the
     environment variables of `SPEED_ENVIRONMENT` and the load average (the

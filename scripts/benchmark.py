@@ -495,15 +495,9 @@ def worker_onednn():
         "first_loss": first_loss,
         "logits": logits.tolist(),
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset)"),
-        "onednn_enabled": _onednn_enabled(),
+        "onednn_enabled": benchmarking.onednn_enabled(),
         "logits_finite": bool(np.isfinite(logits).all()),
     }
-
-
-def _onednn_enabled():
-    from tensorflow.python.util import _pywrap_util_port  # what TensorFlow decided
-
-    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def compare_onednn():
@@ -703,7 +697,7 @@ def main(argv):
     record = {
         "complete": False,
         "machine": benchmarking.machine(),
-        "onednn_enabled": _onednn_enabled(),
+        "onednn_enabled": benchmarking.onednn_enabled(),
         "config": _config(),
         "matmul_peak_flops": None,
         "figure_seconds": {},

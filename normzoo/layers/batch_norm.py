@@ -191,11 +191,12 @@ class BatchNorm(AffineNormalization):
     def _train_forward(self, x):
         """Normalizes with the batch's statistics and updates the moving ones."""
         context = _distributed_moments.sync_replica_context() if self.synchronized else None
-        if context is None and (self._fused_data_format or _fused.in_xla_context()):
+        in_xla = context is None and _fused.in_xla_context()
+        if in_xla or (context is None and self._fused_data_format):
             ones = ops.ones(self.moving_mean.shape, x.dtype)
             gamma = ops.convert_to_tensor(self.gamma) if self.scale else ones
             beta = ops.convert_to_tensor(self.beta) if self.center else ops.zeros_like(ones)
-            if _fused.in_xla_context():
+            if in_xla:
                 outputs, mean, variance = _fused.batch_norm_training_composed(
                     x, gamma, beta, self.epsilon, self._reduction_axes, self._broadcast_shape
                 )

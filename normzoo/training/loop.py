@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from normzoo import checkpoints, data, models
+from normzoo import benchmarking, checkpoints, data, models
 from normzoo.training import distribute, finetune
 from normzoo.training.steps import EvalStep, TrainStep, evaluate
 
@@ -232,19 +232,9 @@ def _environment(strategy, train_step, steps_per_epoch):
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "python": platform.python_version(),
-        "onednn": _onednn_enabled(),
+        "onednn": benchmarking.onednn_enabled(),
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
     }
-
-
-def _onednn_enabled():
-    """Whether TensorFlow runs its oneDNN CPU kernels (None: unknown)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port  # no public equivalent
-
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        return None
 
 
 def _write_json(path, value):
