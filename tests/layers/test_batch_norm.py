@@ -421,6 +421,35 @@ def test_xla_gradients_equal_the_batch_norm_formula_for_every_rank(shape, axis):
     assert "batch-norm" not in hlo and "rsqrt" in hlo
 
 
+@pytest.mark.parametrize("jit_compile", [None, True], ids=["eager", "xla"])
+def test_gradients_stay_accurate_when_mean_dwarfs_std(jit_compile):
+    """Mean 1e4, std 1e-2 in float32 (one ulp of 1e4 is 1e-3): the gradients
+    still follow the float64 textbook formula for the same float32 input, so
+    no term of the size of the mean is rounded on the way."""
+    rng = np.random.default_rng(5)
+    shape = (8, 4, 4, 3)
+    x = (1e4 + 1e-2 * rng.normal(size=shape)).astype("float32")
+    d_outputs = rng.normal(size=shape).astype("float32")
+    layer = BatchNorm(epsilon=1e-12)
+    layer.build(shape)
+    gamma = rng.normal(1.0, 0.5, size=3).astype("float32")
+    layer.gamma.assign(gamma)
+
+    def gradients(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = layer(x, training=True)
+        return tape.gradient(outputs, [x, layer.gamma, layer.beta], output_gradients=d_outputs)
+
+    if jit_compile:
+        gradients = tf.function(gradients, jit_compile=True)
+    got = gradients(tf.constant(x))
+    expected = numpy_batch_norm_gradients(x, gamma, d_outputs, 1e-12, -1)
+    for name, g, e in zip(("x", "gamma", "beta"), got, expected):
+        # relative to the gradient's own scale (|dx| ~ gamma / std ~ 100)
+        np.testing.assert_allclose(g.numpy(), e, rtol=0, atol=1e-4 * np.abs(e).max(), err_msg=name)
+
+
 def test_keras_file_round_trip_reproduces_outputs_in_training_and_inference(tmp_path):
     keras.utils.set_random_seed(0)
     model = small_conv_model(lambda: BatchNorm(momentum=0.7, frozen_stats=False, name="bn"))
