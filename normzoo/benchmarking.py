@@ -143,25 +143,6 @@ def train_step(model, mode, learning_rate=0.01):
     return tf.function(step, jit_compile=(mode == "xla"))
 
 
-def compiled(function, *args):
-    """`function` (a `tf.function`) for arguments like `args`, compiled
-    whole by XLA (as `jit_compile=True` would) from its existing trace.
-
-    Tracing a deep Keras model takes longer than anything but compiling it;
-    this traces it once for both the graph and the XLA form.
-    """
-    concrete = function.get_concrete_function(*args)
-
-    @tf.function(jit_compile=True, autograph=False)
-    def call(*args):
-        return concrete(*args)
-
-    # The trace holds its variables (e.g. the optimizer's) weakly: keep
-    # their owner alive as long as the compiled step.
-    call.traced_from = function
-    return call
-
-
 def inference_step(model, mode):
     """`model(images, training=False)` as a function of `images`, in
     `mode` (see `train_step`)."""
