@@ -79,6 +79,9 @@ def batch_norm_training_composed(x, gamma, beta, epsilon, axes, shape):
     residual mean(deviation) are of the order of the standard deviation,
     so nothing of the size of |mean| is rounded."""
 
+    # Values: a custom gradient must not read variables itself.
+    gamma, beta = tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta)
+
     @tf.custom_gradient
     def normalize(x, gamma, beta):
         shift, deviation, residual, variance = shifted_moments(x, axes)

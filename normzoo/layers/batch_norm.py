@@ -9,7 +9,6 @@ from normzoo.layers._statistics import (
     broadcast_shape,
     normalize_axes,
     statistics_dtype,
-    moments,
 )
 
 
@@ -43,10 +42,11 @@ class BatchNorm(AffineNormalization):
       the batch (no E[x^2] - E[x]^2 cancellation, no rounding of a large
       mean), so the variance is accurate when |mean| >> std and never
       negative.
-    - Training uses TensorFlow's fused kernel for 4-D input and, inside a
-      function compiled whole by XLA (`jit_compile=True`), the formula with
-      its closed-form gradient, which XLA fuses better than its own
-      batch-norm op.
+    - Training uses TensorFlow's fused kernel for 4-D input; for other
+      ranks, inside a function compiled whole by XLA (`jit_compile=True`)
+      and when synchronized, the formula with its closed-form gradient
+      (which XLA fuses better than its own batch-norm op, and which a
+      synchronized layer gets with one collective each way).
     - A channel whose batch mean or variance is not finite leaves its moving
       statistics unchanged.
     - A training batch of one example is normalized over its spatial
@@ -56,8 +56,9 @@ class BatchNorm(AffineNormalization):
       the moving variance decays towards 0. Use `frozen_stats=True` or
       `LayerNorm` to train on such batches.
     - `synchronized=True` gathers the global batch's statistics with a single
-      collective per call (Keras uses three all-reduces), exact also when
-      replicas hold batches of different sizes.
+      collective per call (Keras uses three all-reduces) and one all-reduce
+      in the backward pass, exact also when replicas hold batches of
+      different sizes.
     - Under a distribution strategy the moving statistics are kept per replica
       and aggregated by mean on read: what is read in cross-replica code, and
       so what checkpoints and weight files hold, is the average over replicas
@@ -191,29 +192,23 @@ class BatchNorm(AffineNormalization):
     def _train_forward(self, x):
         """Normalizes with the batch's statistics and updates the moving ones."""
         context = _distributed_moments.sync_replica_context() if self.synchronized else None
-        in_xla = context is None and _fused.in_xla_context()
-        if in_xla or (context is None and self._fused_data_format):
-            ones = ops.ones(self.moving_mean.shape, x.dtype)
-            gamma = ops.convert_to_tensor(self.gamma) if self.scale else ones
-            beta = ops.convert_to_tensor(self.beta) if self.center else ops.zeros_like(ones)
-            if in_xla:
-                outputs, mean, variance = _fused.batch_norm_training_composed(
-                    x, gamma, beta, self.epsilon, self._reduction_axes, self._broadcast_shape
-                )
-            else:
-                outputs, mean, variance = _fused.batch_norm_training(
-                    x, gamma, beta, self.epsilon, self._fused_data_format
-                )
-            self._update_moving_statistics(mean, variance)
-            return outputs
+        ones = ops.ones(self.moving_mean.shape, x.dtype)
+        gamma = self.gamma if self.scale else ones
+        beta = self.beta if self.center else ops.zeros_like(ones)
         if context is not None:
-            mean, variance, centered = _distributed_moments.global_moments(
-                x, self._reduction_axes, context
+            outputs, mean, variance = _distributed_moments.batch_norm_training(
+                x, gamma, beta, self.epsilon, self._reduction_axes, self._broadcast_shape, context
+            )
+        elif self._fused_data_format and not _fused.in_xla_context():
+            outputs, mean, variance = _fused.batch_norm_training(
+                x, gamma, beta, self.epsilon, self._fused_data_format
             )
         else:
-            mean, variance, centered = moments(x, self._reduction_axes)
+            outputs, mean, variance = _fused.batch_norm_training_composed(
+                x, gamma, beta, self.epsilon, self._reduction_axes, self._broadcast_shape
+            )
         self._update_moving_statistics(mean, variance)
-        return self._scale_and_offset(centered, variance)
+        return outputs
 
     def _scale_and_offset(self, centered, variance):
         # centered * scale, not x * scale - mean * scale: the latter loses

@@ -279,6 +279,31 @@ def test_sync_bn_uses_a_single_collective_per_call(
         assert counted == expected_per_replica, f"replica {replica}: {collective_calls}"
 
 
+def test_sync_bn_backward_pass_uses_a_single_all_reduce(strategy, collective_calls):
+    """The gradient of a synchronized call needs two global sums per channel
+    (of dy and of dy * x_hat); they travel in one all-reduce, beside the
+    forward pass's one all-gather."""
+    shards = shifted_shards((2, 2), (2, 2, 3), seed=31)
+    with strategy.scope():
+        layer = BatchNorm(synchronized=True)
+        layer.build((None, 2, 2, 3))
+
+    def replica_step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(layer(x, training=True)) * tf.range(3.0))
+        return tape.gradient(loss, [x, layer.gamma, layer.beta])
+
+    @tf.function
+    def step(inputs):
+        return strategy.run(replica_step, args=(inputs,))
+
+    step(distribute(strategy, shards))
+    for replica in range(strategy.num_replicas_in_sync):
+        names = sorted(name for name, r in collective_calls if r == replica)
+        assert names == ["all_gather", "all_reduce"], f"replica {replica}: {collective_calls}"
+
+
 def test_sync_bn_variance_is_accurate_when_mean_dominates_std(strategy):
     """Mean 1e4, std 1e-2 (float32) split over 2 replicas: the global variance
     is within 1% of NumPy's float64 variance of the concatenated batch. (One
