@@ -58,7 +58,7 @@ flags.DEFINE_list("resnet_modes", ["graph", "xla"], "Modes of P1 and P3: eager, 
 flags.DEFINE_integer("layers_batch_size", 32, "Batch of the conv net of P2.")
 flags.DEFINE_integer("layers_image_size", 32, "Image size of the conv net of P2.")
 flags.DEFINE_list("layers_modes", ["eager", "graph", "xla"], "Modes of P2.")
-flags.DEFINE_integer("layers_rounds", 7, "Alternating timing rounds of P2.")
+flags.DEFINE_integer("layers_rounds", 11, "Alternating timing rounds of P2.")
 flags.DEFINE_integer("layers_steps_per_round", 10, "Steps timed per round in P2.")
 flags.DEFINE_string("sync_bn_model", "resnet20", "Model of P4.")
 flags.DEFINE_integer("sync_bn_batch_size", 64, "Global batch of P4 (split over 2 replicas).")
@@ -594,7 +594,9 @@ def markdown(record):
         "- Environment: " + ", ".join(f"{k}={v}" for k, v in machine["environment"].items()),
         f"- oneDNN enabled in this process: {record['onednn_enabled']}",
         f"- Load average at start {machine['load_average']}, at end {record['load_average_at_end']}"
-        " (above the core count: the machine was shared and times are noisy).",
+        + (" (above the core count: the machine was shared and times are noisy)."
+           if max(machine["load_average"] + record["load_average_at_end"]) > machine["cores_usable"]
+           else " (below the core count: nothing else ran)."),
         "",
         "## Figures",
         "",
