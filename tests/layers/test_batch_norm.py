@@ -392,6 +392,19 @@ def numpy_batch_norm_gradients(x, gamma, d_outputs, epsilon, axis):
     return d_x, (d_outputs * normalized).sum(axes), d_outputs.sum(axes)
 
 
+def training_gradients(layer, d_outputs):
+    """x -> gradients of sum(d_outputs * layer(x, training=True)) w.r.t. x,
+    gamma and beta."""
+
+    def gradients(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = layer(x, training=True)
+        return tape.gradient(outputs, [x, layer.gamma, layer.beta], output_gradients=d_outputs)
+
+    return gradients
+
+
 @pytest.mark.parametrize(
     "shape, axis", [((6, 4, 4, 3), -1), ((6, 3, 4, 4), 1), ((16, 5), -1), ((4, 3, 2, 2, 3), -1)]
 )
@@ -404,13 +417,7 @@ def test_xla_gradients_equal_the_batch_norm_formula_for_every_rank(shape, axis):
     gamma = rng.normal(1.0, 0.5, size=layer.gamma.shape).astype("float32")
     layer.gamma.assign(gamma)
 
-    def gradients(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            outputs = layer(x, training=True)
-        return tape.gradient(outputs, [x, layer.gamma, layer.beta], output_gradients=d_outputs)
-
-    compiled = tf.function(gradients, jit_compile=True)
+    compiled = tf.function(training_gradients(layer, d_outputs), jit_compile=True)
     got = compiled(tf.constant(x))
     expected = numpy_batch_norm_gradients(x, gamma, d_outputs, 1e-3, axis)
     for name, g, e in zip(("x", "gamma", "beta"), got, expected):
@@ -435,12 +442,7 @@ def test_gradients_stay_accurate_when_mean_dwarfs_std(jit_compile):
     gamma = rng.normal(1.0, 0.5, size=3).astype("float32")
     layer.gamma.assign(gamma)
 
-    def gradients(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            outputs = layer(x, training=True)
-        return tape.gradient(outputs, [x, layer.gamma, layer.beta], output_gradients=d_outputs)
-
+    gradients = training_gradients(layer, d_outputs)
     if jit_compile:
         gradients = tf.function(gradients, jit_compile=True)
     got = gradients(tf.constant(x))
