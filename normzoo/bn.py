@@ -132,8 +132,10 @@ def recalibrate(model, dataset, num_batches=None):
 
     Nothing but the moving statistics changes: the model's other variables
     (random-generator states included) and every layer's `trainable` and
-    `frozen_stats` are as they were before. Single-device: call it outside a
-    distribution strategy's `run`.
+    `frozen_stats` are as they were before. The batches run on one device;
+    a model built in a distribution strategy's scope is recalibrated from
+    cross-replica code (in or outside the scope, not inside
+    `strategy.run`), and every replica's moving statistics get the result.
 
     Args:
         model: A Keras functional model with BatchNorm layers.
@@ -149,7 +151,13 @@ def recalibrate(model, dataset, num_batches=None):
     Raises:
         ValueError: the model has no BatchNorm layer, num_batches is not
             positive, or the dataset has fewer than `num_batches` batches.
+        RuntimeError: called inside `strategy.run`.
     """
+    if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+        raise RuntimeError(
+            "recalibrate was called inside strategy.run (a replica context); call it from "
+            "cross-replica code, outside strategy.run: it sets every replica's statistics."
+        )
     norms = _batch_norms(model)
     if not norms:
         raise ValueError(f"Model {model.name!r} has no BatchNorm layer to recalibrate.")

@@ -202,6 +202,46 @@ def test_recalibrate_sets_the_exact_statistics_of_the_whole_dataset():
     assert model.get_layer("bn_b").frozen_stats and not model.get_layer("bn_a").frozen_stats
 
 
+@pytest.mark.parametrize("in_scope", [True, False], ids=["in_scope", "outside_scope"])
+def test_recalibrate_a_model_of_a_mirrored_strategy_sets_every_replica(mirrored_strategy, in_scope):
+    """A model built in a MirroredStrategy's scope (per-replica moving
+    statistics) is recalibrated from cross-replica code: every replica's copy
+    holds the exact statistics of the whole dataset."""
+    with mirrored_strategy.scope():
+        model = _two_norm_model()
+    _randomize(model)
+    data = _data(11, shape=(4, 4, 3))
+    dataset = tf.data.Dataset.from_tensor_slices(data).batch(4)
+
+    if in_scope:
+        with mirrored_strategy.scope():
+            bn.recalibrate(model, dataset)
+    else:
+        bn.recalibrate(model, dataset)
+
+    expected = _numpy_population_statistics(model, [data[0:4], data[4:8], data[8:11]])
+    for name, (mean, variance) in expected.items():
+        layer = model.get_layer(name)
+        copies = [(m.numpy(), v.numpy()) for m, v in zip(
+            layer.moving_mean.value.values, layer.moving_variance.value.values, strict=True
+        )]
+        assert len(copies) == mirrored_strategy.num_replicas_in_sync == 2
+        for replica_mean, replica_variance in copies:
+            np.testing.assert_allclose(replica_mean, mean, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(replica_variance, variance, rtol=1e-5)
+
+
+def test_recalibrate_inside_strategy_run_is_refused_naming_the_fix(mirrored_strategy):
+    with mirrored_strategy.scope():
+        model = _two_norm_model()
+    before = [v.numpy().copy() for v in model.weights]
+    dataset = tf.data.Dataset.from_tensor_slices(_data(4, shape=(4, 4, 3))).batch(4)
+    with pytest.raises(RuntimeError, match="outside strategy.run"):
+        mirrored_strategy.run(lambda: bn.recalibrate(model, dataset))
+    for variable, value in zip(model.weights, before, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
 def test_recalibrate_is_not_the_mean_of_batch_variances():
     # The pooled variance includes the spread of the batch means; the plain
     # average of per-batch variances (a common shortcut) does not.
