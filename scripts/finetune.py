@@ -8,7 +8,8 @@ the embedded digits dataset, a minute or two on 2 CPU cores.
 
 --bn=frozen_stats (the default) normalizes with the restored statistics and
 never updates them, --bn=train re-estimates them on the new data, --bn=frozen
-also fixes gamma and beta. On data whose statistics differ from the
+also fixes gamma and beta, --bn=recalibrated re-estimates them once on the
+first training batches (normzoo.bn.recalibrate) and then keeps them. On data whose statistics differ from the
 pretraining data's (e.g. --invert_images) use --bn=train: frozen statistics
 of another domain can make fine-tuning collapse (see
 scripts/results/finetune_experiment.md). A classifier with another number of classes than

@@ -26,7 +26,14 @@ BN_MODES = {
     "frozen_stats": "BatchNorm normalizes with its restored moving statistics, which never "
     "change; gamma and beta are trained",
     "frozen": "BatchNorm is fixed: restored moving statistics, gamma and beta never change",
+    "recalibrated": "BatchNorm's moving statistics are first re-estimated on the training "
+    "data (normzoo.bn.recalibrate over RECALIBRATION_BATCHES batches), then used and kept "
+    "as in frozen_stats; gamma and beta are trained",
 }
+# Batches bn="recalibrated" estimates the statistics from, before training:
+# enough for a per-channel mean and variance (each batch contributes
+# batch x height x width values per channel), few enough to take seconds.
+RECALIBRATION_BATCHES = 16
 INIT_VARIABLES = {
     "all": "every variable of the checkpoint, BatchNorm moving statistics included",
     "trainable": "the trainable variables only, leaving the moving statistics at their "
@@ -169,6 +176,8 @@ def set_bn_mode(model, mode):
         raise ValueError(f"bn={mode!r}; choose one of {', '.join(BN_MODES)}.")
     if mode == "train":
         return []
+    # "recalibrated" is frozen_stats once the statistics are re-estimated
+    # (see normzoo.training.loop).
     frozen = bn.freeze(model, gamma_beta=(mode == "frozen"))
     if not frozen:
         raise ValueError(f"bn={mode!r} needs BatchNorm layers, and model {model.name!r} has none.")

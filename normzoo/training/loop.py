@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from normzoo import benchmarking, checkpoints, data, models
+from normzoo import benchmarking, bn, checkpoints, data, models
 from normzoo.training import distribute, finetune
 from normzoo.training.steps import EvalStep, TrainStep, evaluate
 
@@ -98,7 +98,9 @@ class TrainConfig:
     their initial values: article 002's bug, for experiments. `bn` is
     "train" (batch statistics, moving statistics updated), "frozen_stats"
     (moving statistics used and never updated; gamma and beta trained) or
-    "frozen" (gamma and beta fixed too). `invert_images` inverts the pixel
+    "frozen" (gamma and beta fixed too) or "recalibrated" (the moving
+    statistics re-estimated on the first training batches, then as
+    "frozen_stats"). `invert_images` inverts the pixel
     values of the dataset (a domain shift, see `normzoo.data.load`).
     """
 
@@ -325,6 +327,24 @@ def _distributed_dataset(strategy, config, split, training, seed, skip_batches=0
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
+def _recalibrate(config, model):
+    """Re-estimates the BatchNorm statistics of `model` on the first training
+    batches (bn="recalibrated"). Every worker reads the same global batches,
+    so every copy of the model gets the same statistics."""
+    batches = data.load(
+        config.dataset,
+        "train",
+        data_dir=config.data_dir,
+        global_batch_size=config.batch_size,
+        training=True,
+        image_size=config.image_size,
+        invert=config.invert_images,
+        seed=config.seed,
+    ).take(finetune.RECALIBRATION_BATCHES)
+    examples = bn.recalibrate(model, batches)
+    _log(config, f"bn=recalibrated: BatchNorm statistics re-estimated from {examples} training examples.")
+
+
 def _set_policy(mixed_precision):
     previous = keras.mixed_precision.global_policy().name
     if mixed_precision:
@@ -409,6 +429,8 @@ def train(config, *, strategy=None):
                         f"init_checkpoint={config.init_checkpoint!r} does not fit "
                         f"model={config.model!r} norm={config.norm!r}: {error}"
                     ) from None
+            if config.bn == "recalibrated" and not latest:  # a resume restores them
+                _recalibrate(config, model)
             # Before the optimizer sees the trainable variables (bn="frozen"
             # makes gamma and beta non-trainable).
             finetune.set_bn_mode(model, config.bn)

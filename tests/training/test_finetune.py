@@ -129,6 +129,34 @@ def test_frozen_keeps_gamma_beta_and_statistics_while_convolutions_train(
     assert all(not np.array_equal(value, reference[path]) for path, value in kernels.items() if path not in HEAD)
 
 
+def test_recalibrated_estimates_the_statistics_on_training_batches_then_keeps_them(
+    tmp_path, init_checkpoint, reference, tiny_config
+):
+    """bn="recalibrated": the moving statistics are those that Precise BN
+    gives the checkpoint's network (loaded here by Keras) on the first
+    RECALIBRATION_BATCHES training batches, and training leaves them there
+    while gamma and beta learn."""
+    config = tiny_config(tmp_path, init_checkpoint, bn="recalibrated")
+    result = train(config)
+
+    checkpoint_model = _wrn(CHECKPOINT_CLASSES)
+    checkpoint_model.load_weights(init_checkpoint)
+    batches = data.load(
+        config.dataset, "train", data_dir=config.data_dir, global_batch_size=config.batch_size,
+        training=True, image_size=config.image_size, invert=config.invert_images, seed=config.seed,
+    )
+    bn.recalibrate(checkpoint_model, batches, num_batches=finetune.RECALIBRATION_BATCHES)
+    expected = _values(checkpoint_model, STATISTICS)
+    got = _values(result.model, STATISTICS)
+    assert sorted(got) == sorted(expected) and got
+    for path, value in got.items():
+        np.testing.assert_allclose(value, expected[path], rtol=1e-5, atol=1e-6, err_msg=path)
+        assert np.abs(value - reference[path]).max() > 1e-2, f"{path} kept the checkpoint's value"
+    assert all(
+        not np.array_equal(value, reference[path]) for path, value in _values(result.model, GAMMA_BETA).items()
+    )
+
+
 def test_bn_train_updates_the_restored_statistics(tmp_path, init_checkpoint, reference, tiny_config):
     result = train(tiny_config(tmp_path, init_checkpoint, bn="train"))
 
