@@ -20,6 +20,12 @@ Arms, each `normzoo.training.train` with `init_checkpoint`:
     c_train  trainable-only restore,  bn=train         (what the article's
                                                        colleague ran: statistics
                                                        re-estimated from 0/1)
+    d        full restore,            bn=recalibrated  (statistics re-estimated
+                                                       on the new data, then
+                                                       frozen)
+    c_recal  trainable-only restore,  bn=recalibrated  (lost statistics
+                                                       re-estimated before
+                                                       fine-tuning)
 
 and two references without fine-tuning: the pretrained model as restored,
 and the same with its statistics re-estimated on the inverted training
@@ -74,6 +80,11 @@ ARMS = {
     "b": ("full restore + train statistics", dict(init_variables="all", bn="train")),
     "c": ("trainable-only restore + frozen_stats", dict(init_variables="trainable", bn="frozen_stats")),
     "c_train": ("trainable-only restore + train statistics", dict(init_variables="trainable", bn="train")),
+    "d": ("full restore + recalibrated statistics", dict(init_variables="all", bn="recalibrated")),
+    "c_recal": (
+        "trainable-only restore + recalibrated statistics",
+        dict(init_variables="trainable", bn="recalibrated"),
+    ),
 }
 
 
