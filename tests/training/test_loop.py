@@ -111,17 +111,23 @@ def test_xla_form_is_chosen_by_strategy_and_devices(mirrored_strategy):
     assert choose_xla_form(mirrored, True) == "segmented"  # CPUs cannot compile collectives
 
 
+@pytest.fixture(scope="module")
+def single_device_weights(tmp_path_factory, tiny_config):
+    """The weights file of tiny_config's run on one device (run once)."""
+    model_dir = tmp_path_factory.mktemp("single")
+    train(tiny_config(model_dir))
+    return model_dir / "model.weights.h5"
+
+
 @pytest.mark.parametrize("jit_compile", [False, True])
 @pytest.mark.parametrize("sync_bn", [False, True])
 def test_mirrored_run_equals_single_device_run_on_the_same_global_batches(
-    tmp_path, sync_bn, jit_compile, mirrored_strategy, tiny_config
+    tmp_path, sync_bn, jit_compile, mirrored_strategy, tiny_config, single_device_weights
 ):
     """Two replicas with synchronized BN compute exactly the single-device
     step; without sync each replica normalizes with its own half-batch, so
     only the sync run must match (the unsynchronized one is checked for
     agreement between replicas)."""
-    single = tiny_config(tmp_path / "single")
-    train(single)
     config = tiny_config(tmp_path / "mirrored", sync_bn=sync_bn, jit_compile=jit_compile)
     result = train(config, strategy=mirrored_strategy)
     metrics = result.metrics
@@ -134,7 +140,7 @@ def test_mirrored_run_equals_single_device_run_on_the_same_global_batches(
             if sync_bn or "moving" not in variable.path:
                 np.testing.assert_array_equal(copy, copies[0], err_msg=variable.path)
     if sync_bn:
-        assert_same_weights(tmp_path / "single" / "model.weights.h5", tmp_path / "mirrored" / "model.weights.h5", atol=2e-5)
+        assert_same_weights(single_device_weights, tmp_path / "mirrored" / "model.weights.h5", atol=2e-5)
 
 
 @pytest.mark.parametrize("mixed_precision", ["float16", "bfloat16"])
