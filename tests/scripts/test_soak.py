@@ -4,10 +4,13 @@ The bound: a quarter of an input batch per step. Any per-step leak of a
 tensor at least that big (one input batch of 32 images 32x32 is 128 KiB; the
 gradients of WRN-10-1 are 0.3 MiB; a retraced function costs far more)
 would exceed it, 4x for the input batch. RSS itself moves by tens of MiB
-around checkpoints and new input iterators, which the medians of the first
-and last thirds of the samples over 800 steps average out (measured here:
-a few MiB per 1000 steps either way; scripts/results/soak.json holds the
-five-minute run).
+around checkpoints and new input iterators: in plateaus up to about 60 MiB
+apart that last hundreds of steps (measured here), so the window must be
+long for the medians of its first and last thirds to average them out.
+Over 800 steps a plateau change once read as 34 MiB per 1000 steps (a CI
+failure; the same code over 2,400 steps: -6); over 1,600 steps such a
+change reads as half that. scripts/results/soak.json holds the
+five-minute run.
 """
 
 import json
@@ -22,7 +25,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
 def test_training_steps_after_warm_up_do_not_grow_memory(tmp_path):
     output = tmp_path / "soak.json"
     command = [
-        sys.executable, str(SCRIPT), "--seconds=0", "--steps=800", "--warmup_steps=300",
+        sys.executable, str(SCRIPT), "--seconds=0", "--steps=1600", "--warmup_steps=200",
         "--sample_steps=20", "--checkpoint_steps=100", f"--output={output}",
     ]
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -30,7 +33,7 @@ def test_training_steps_after_warm_up_do_not_grow_memory(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(output.read_text())
 
-    assert report["measured_steps"] == 800
+    assert report["measured_steps"] == 1600
     assert report["last_loss"] < report["first_loss"]  # it trained
     bound_mib = 0.25 * report["input_batch_bytes"] * 1000 / 2**20
     assert report["median_growth_per_1000_steps_mib"] < bound_mib, json.dumps(
