@@ -12,8 +12,9 @@ statistics. They are combined with Chan et al.'s parallel formula:
 
 which, unlike the sum / sum-of-squares all-reduce Keras uses (three
 all-reduces, then E[x^2] - E[x]^2), neither cancels catastrophically when
-|mean| >> std nor assumes equal shard sizes. `batch_norm_training` normalizes with them and has batch normalization's
-closed-form gradient, whose two global sums per channel take one all-reduce.
+|mean| >> std nor assumes equal shard sizes. `batch_norm_training`
+normalizes with them and has batch normalization's closed-form gradient,
+whose two global sums per channel take one all-reduce.
 """
 
 import tensorflow as tf

@@ -292,21 +292,26 @@ def _log(config, message):
         print(message, flush=True)
 
 
+def _load(config, split, training, seed, input_context=None):
+    """`config`'s dataset split in global batches of `config.batch_size`
+    (this pipeline's share of them with `input_context`)."""
+    return data.load(
+        config.dataset,
+        split,
+        data_dir=config.data_dir,
+        global_batch_size=config.batch_size,
+        input_context=input_context,
+        training=training,
+        image_size=config.image_size,
+        invert=config.invert_images,
+        seed=seed,
+    )
+
+
 def _distributed_dataset(strategy, config, split, training, seed, skip_batches=0):
     def dataset_fn(input_context):
-        load = lambda context, batch_size: data.load(  # noqa: E731
-            config.dataset,
-            split,
-            data_dir=config.data_dir,
-            global_batch_size=batch_size,
-            input_context=context,
-            training=training,
-            image_size=config.image_size,
-            invert=config.invert_images,
-            seed=seed,
-        )
         if config.input_sharding == "pipeline" or not training:
-            dataset = load(input_context, config.batch_size)
+            dataset = _load(config, split, training, seed, input_context)
         else:
             # Every pipeline builds the same global batches and keeps its own
             # contiguous slice of each, split into per-replica batches.
@@ -314,7 +319,7 @@ def _distributed_dataset(strategy, config, split, training, seed, skip_batches=0
             per_pipeline = config.batch_size // pipelines
             start = input_context.input_pipeline_id * per_pipeline
             per_replica = input_context.get_per_replica_batch_size(config.batch_size)
-            dataset = load(None, config.batch_size).map(
+            dataset = _load(config, split, training, seed).map(
                 lambda images, labels: (
                     images[start : start + per_pipeline],
                     labels[start : start + per_pipeline],
@@ -331,16 +336,7 @@ def _recalibrate(config, model):
     """Re-estimates the BatchNorm statistics of `model` on the first training
     batches (bn="recalibrated"). Every worker reads the same global batches,
     so every copy of the model gets the same statistics."""
-    batches = data.load(
-        config.dataset,
-        "train",
-        data_dir=config.data_dir,
-        global_batch_size=config.batch_size,
-        training=True,
-        image_size=config.image_size,
-        invert=config.invert_images,
-        seed=config.seed,
-    ).take(finetune.RECALIBRATION_BATCHES)
+    batches = _load(config, "train", True, config.seed).take(finetune.RECALIBRATION_BATCHES)
     examples = bn.recalibrate(model, batches)
     _log(config, f"bn=recalibrated: BatchNorm statistics re-estimated from {examples} training examples.")
 
