@@ -44,7 +44,7 @@ def normalize_axes(axis, ndim, argument="axis"):
             )
         normalized.append(a % ndim)
     if len(set(normalized)) != len(normalized):
-        raise ValueError(f"`{argument}`={axis!r} names the same axis twice.")
+        raise ValueError(f"`{argument}`={axis!r} names the same axis twice: name each axis once.")
     return tuple(sorted(normalized))
 
 
