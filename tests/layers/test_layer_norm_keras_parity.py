@@ -8,6 +8,7 @@ import keras
 import ml_dtypes
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from normzoo.layers import LayerNorm
 
@@ -159,8 +160,6 @@ def test_mask_that_does_not_fit_the_inputs_is_a_clear_error():
 def test_gradients_reach_only_through_unmasked_statistics():
     """Changing padded values changes no output at unmasked steps: nor does it
     change the gradient there."""
-    import tensorflow as tf
-
     x = sequences()
     other = x.copy()
     other[0, 3:] = -50.0
@@ -304,11 +303,14 @@ def test_layer_from_keras_config_with_keras_weights_gives_keras_outputs(kwargs, 
     ours.set_weights(theirs.get_weights())
     y_ours, y_theirs = ours(x), theirs(x)
     assert y_ours.dtype == y_theirs.dtype
-    # Both round the same float32 (float64) result to the compute dtype: at most one ulp apart.
-    resolution = ml_dtypes.finfo(keras.backend.standardize_dtype(y_theirs.dtype)).eps
-    tolerance = max(float(resolution), 1e-5)
+    # Both round float32 (float64) results equal to 1e-6 to the compute dtype:
+    # at most one unit in the last place apart, i.e. within its epsilon relatively.
+    resolution = float(ml_dtypes.finfo(keras.backend.standardize_dtype(y_theirs.dtype)).eps)
     np.testing.assert_allclose(
-        np.asarray(y_ours, "float64"), np.asarray(y_theirs, "float64"), rtol=tolerance, atol=tolerance
+        np.asarray(y_ours, "float64"),
+        np.asarray(y_theirs, "float64"),
+        rtol=max(resolution, 1e-5),
+        atol=1e-5,
     )
 
 
