@@ -17,22 +17,34 @@ def statistics_dtype(variable_dtype):
     return "float32" if dtype in _HALF_DTYPES else dtype
 
 
+class AxisError(ValueError, IndexError):
+    """An axis outside an input's rank. Both a ValueError and an IndexError
+    (like NumPy's AxisError): Keras 3.15's LayerNormalization raises
+    IndexError for such an axis, later Keras ValueError, and code written
+    against either keeps working."""
+
+
 def normalize_axes(axis, ndim, argument="axis"):
     """Returns `axis` (an int or a sequence of ints) as a sorted tuple of
-    non-negative axes of an `ndim`-dimensional input, or raises ValueError."""
+    non-negative axes of an `ndim`-dimensional input, or raises ValueError
+    (`AxisError` for an axis out of range)."""
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     if not axes:
         raise ValueError(f"`{argument}` must name at least one axis; got {axis!r}.")
     normalized = []
     for a in axes:
-        if not isinstance(a, int) or not -ndim <= a < ndim:
+        if not isinstance(a, int):
             raise ValueError(
+                f"`{argument}`={axis!r} holds {a!r}, which is not an int: pass ints."
+            )
+        if not -ndim <= a < ndim:
+            raise AxisError(
                 f"`{argument}`={axis!r} is out of range for an input of rank "
                 f"{ndim}: each axis must be an int in [{-ndim}, {ndim - 1}]."
             )
         normalized.append(a % ndim)
     if len(set(normalized)) != len(normalized):
-        raise ValueError(f"`{argument}`={axis!r} names the same axis twice.")
+        raise ValueError(f"`{argument}`={axis!r} names the same axis twice: name each axis once.")
     return tuple(sorted(normalized))
 
 
@@ -72,4 +84,27 @@ def moments(x, axes):
     `centered` = x - mean, computed without rounding `mean` first; see
     `shifted_moments`."""
     shift, deviation, residual, variance = shifted_moments(x, axes)
+    return shift + residual, variance, deviation - residual
+
+
+def masked_moments(x, axes, counted):
+    """`(mean, variance, centered)` like `moments`, taken over only the
+    elements where the boolean `counted` (broadcastable to `x`) is True;
+    every group of elements reduced together must hold at least one.
+
+    Elements left out never enter a sum, whatever values they hold. The
+    shift is the mean of the counted elements, so that it lies near the data
+    however far off the excluded elements are; its rounding is corrected by
+    the residual as in `shifted_moments`.
+    """
+    counted = ops.broadcast_to(counted, ops.shape(x))
+    count = ops.sum(ops.cast(counted, x.dtype), axis=axes, keepdims=True)
+
+    def average(values):
+        return ops.sum(ops.where(counted, values, 0.0), axis=axes, keepdims=True) / count
+
+    shift = ops.stop_gradient(average(x))
+    deviation = x - shift
+    residual = average(deviation)
+    variance = ops.maximum(average(ops.square(deviation)) - ops.square(residual), 0.0)
     return shift + residual, variance, deviation - residual

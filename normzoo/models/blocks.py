@@ -9,9 +9,9 @@ Normalizations (`NORMS`):
 
 - `"batch"`: `normzoo.layers.BatchNorm` wherever the architecture has a norm
   (after each convolution in v1 blocks, before them in pre-activation ones).
-- `"layer"`: `normzoo.layers.LayerNorm(axis=(1, 2, 3))` in the same places:
-  each image normalized over height, width and channels, one gamma/beta per
-  channel.
+- `"layer"`: `normzoo.layers.LayerNorm(axis=(1, 2, 3), param_axis=-1)` in
+  the same places: each image normalized over height, width and channels, one
+  gamma/beta per channel.
 - `"skipinit"`: no normalization layers; every convolution has a bias, and a
   `normzoo.layers.SkipInit` scalar ends every residual branch, before the
   addition (De & Smith, 2020).
@@ -110,7 +110,9 @@ class Normalization:
                 name=f"{name}_bn",
             )(x)
         if self.kind == "layer":
-            return LayerNorm(axis=(1, 2, 3), epsilon=self.epsilon, name=f"{name}_ln")(x)
+            return LayerNorm(
+                axis=(1, 2, 3), param_axis=-1, epsilon=self.epsilon, name=f"{name}_ln"
+            )(x)
         return x
 
     def scale_branch(self, x, name):

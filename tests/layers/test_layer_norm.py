@@ -39,7 +39,7 @@ def test_matches_keras_layer_normalization_when_parameters_span_the_normalized_a
 def test_per_image_normalization_with_per_channel_parameters_is_group_norm_with_one_group():
     shape = (4, 5, 6, 8)
     x = images(shape)
-    ours = LayerNorm(axis=(1, 2, 3))
+    ours = LayerNorm(axis=(1, 2, 3), param_axis=-1)
     theirs = keras.layers.GroupNormalization(groups=1)
     ours.build(shape)
     theirs.build(shape)
