@@ -90,7 +90,10 @@ def restore(model, path, *, strict=True, skip=()):
 
 
 def read(path):
-    """Reads the checkpoint at `path` into a `normzoo.checkpoints.source.Source`."""
+    """Reads the checkpoint at `path` into a `normzoo.checkpoints.source.Source`,
+    checking its bytes against every checksum or hash there is for them (see
+    `restore`); raises `RestoreError` as `restore` does for a file it cannot
+    read or that fails a check."""
     path = os.fspath(path)
     if os.path.isdir(path):
         return tf_checkpoints.read(_latest_checkpoint(path))

@@ -165,7 +165,9 @@ def test_every_tensor_carries_the_sha256_of_its_bytes(source, saved):
     with h5py.File(saved, "r") as file:
         assert file.attrs["normzoo_checksums"] == "sha256"
         datasets = []
-        file.visititems(lambda _, node: datasets.append(node) if isinstance(node, h5py.Dataset) else None)
+        file.visititems(
+            lambda _, node: datasets.append(node) if isinstance(node, h5py.Dataset) else None
+        )
         for dataset in datasets:
             expected = hashlib.sha256(np.ascontiguousarray(dataset[()]).tobytes()).hexdigest()
             assert dataset.attrs["normzoo_sha256"] == expected, dataset.name
@@ -210,6 +212,7 @@ def test_bfloat16_tensors_are_checked_in_their_stored_bytes(tmp_path):
     source, target = dense(), dense()
     path = tmp_path / "bfloat16.weights.h5"
     checkpoints.save_weights(source, path)
+    assert not np.array_equal(target.weights[0].numpy(), source.weights[0].numpy())
     assert checkpoints.restore(target, path).verified
     for restored, saved_variable in zip(target.weights, source.weights):
         assert str(restored.dtype) == "bfloat16"
