@@ -2,12 +2,17 @@
 `model.weights.h5` and records it in `checkpoints/manifest.json` with the
 model, dataset, test accuracy, sha256 and the exact command that trained it.
 
+The training loop writes that file with a sha256 per tensor
+(`normzoo.checkpoints.save_weights`); a file without them (from a run made
+before normzoo wrote them) or whose tensors fail them is not published.
+`normzoo.checkpoints.restore` checks a published file against both its
+tensors' checksums and the manifest's sha256.
+
     python scripts/train.py --norm=layer --model_dir=runs/resnet20_layer
     python scripts/publish_checkpoint.py --model_dir=runs/resnet20_layer --name=resnet20_layer_digits
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -22,14 +27,6 @@ flags.DEFINE_string(
     "Where the weights and manifest.json go.",
 )
 FLAGS = flags.FLAGS
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def command_line(config):
@@ -52,6 +49,9 @@ def command_line(config):
 
 def main(argv):
     del argv
+    from normzoo import checkpoints
+    from normzoo.checkpoints import integrity
+
     with open(os.path.join(FLAGS.model_dir, "flags.json")) as f:
         resolved = json.load(f)
     with open(os.path.join(FLAGS.model_dir, "metrics.json")) as f:
@@ -62,14 +62,22 @@ def main(argv):
             f"{FLAGS.model_dir} stopped at step {metrics['steps']} of {metrics['total_steps']}: "
             "finish the run (re-run its command) before publishing it."
         )
+    weights = os.path.join(FLAGS.model_dir, "model.weights.h5")
+    source = checkpoints.read(weights)  # a tensor failing its checksum raises RestoreError
+    if not source.verified:
+        raise app.UsageError(
+            f"{weights} carries no checksums ({source.verification}): re-run the run's "
+            f"command (a finished run only evaluates and writes its weights again, with "
+            f"checksums), then publish it."
+        )
     os.makedirs(FLAGS.checkpoints_dir, exist_ok=True)
     file_name = f"{FLAGS.name}.weights.h5"
     destination = os.path.join(FLAGS.checkpoints_dir, file_name)
-    shutil.copyfile(os.path.join(FLAGS.model_dir, "model.weights.h5"), destination)
+    shutil.copyfile(weights, destination)
     entry = {
         "name": FLAGS.name,
         "file": file_name,
-        "sha256": sha256(destination),
+        "sha256": integrity.file_digest(destination),
         "model": config["model"],
         "norm": config["norm"],
         "dataset": config["dataset"],

@@ -68,7 +68,7 @@ def test_flop_count_agrees_with_the_profiler_and_restore_is_exact(record):
                 "profiled_forward_multiply_adds_per_image"
             ]
         if measurement["figure"] == "P5" and "all_variables_identical" in details:
-            assert details["all_variables_identical"]
+            assert details["all_variables_identical"] and details["verified"]
             assert details["restored_variables"] == details["variables"]
 
 

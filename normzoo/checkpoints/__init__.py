@@ -10,13 +10,29 @@ unexpected, of another shape or not finite, and nothing is changed.
 `strict=False` restores what matches; the `RestoreReport` names the rest.
 The formats read are listed in `FORMATS`.
 
+    normzoo.checkpoints.save_weights(model, "model.weights.h5")
+
+writes Keras' `.weights.h5` with a sha256 per tensor, which `restore`
+verifies: a damaged tensor is named and nothing is restored. The report
+says whether the checkpoint's bytes were verified, and against what
+(`normzoo.checkpoints.integrity`), or "not verified".
+
 Article 002 of the design notes is the failure this prevents: a pretrained
 network restored from its trainable variables only keeps initial BatchNorm
 statistics, still "loads" and still trains, and predicts badly.
 """
 
+from normzoo.checkpoints.keras_files import save_weights
 from normzoo.checkpoints.report import RestoreError, RestoreReport, ShapeMismatch
 from normzoo.checkpoints.restore import read, restore
 from normzoo.checkpoints.source import FORMATS
 
-__all__ = ["FORMATS", "RestoreError", "RestoreReport", "ShapeMismatch", "read", "restore"]
+__all__ = [
+    "FORMATS",
+    "RestoreError",
+    "RestoreReport",
+    "ShapeMismatch",
+    "read",
+    "restore",
+    "save_weights",
+]

@@ -1,5 +1,7 @@
-"""Readers of Keras' weight files: Keras 3 `.weights.h5` and `.keras`, and the
-Keras 2 HDF5 format of the keras.applications weight files.
+"""Keras' weight files: readers of Keras 3 `.weights.h5` and `.keras` files
+and of the Keras 2 HDF5 format of the keras.applications weight files, and
+`save_weights`, which writes a Keras 3 `.weights.h5` with a checksum per
+tensor (see `normzoo.checkpoints.integrity`).
 
 Keras 2 HDF5 (`save_weights_to_hdf5_group`; the format of the files that
 `keras.applications.ResNet50(weights="imagenet")` downloads, e.g.
@@ -21,6 +23,7 @@ refused with a message saying how to convert them.)
 
 import io
 import json
+import os
 import re
 import zipfile
 import zlib
@@ -29,13 +32,90 @@ import h5py
 import ml_dtypes
 import numpy as np
 
-from normzoo.checkpoints.report import RestoreError
+from normzoo.checkpoints import integrity
+from normzoo.checkpoints.report import RestoreError, listing
 from normzoo.checkpoints.source import Source, Tensor
-from normzoo.models import resnet
+from normzoo.models import leaf_layers, resnet
 
 # Layer names of the ResNet50 of Keras <= 2.2.4 (converted from Caffe),
 # whose weights are not those of keras.applications' ResNet50 today.
 _CAFFE_STYLE = re.compile(r"(res|bn)\d[a-z]\d*_branch\d[a-c]?|bn_conv1|fc1000")
+
+
+_WEIGHTS_SUFFIX = ".weights.h5"
+
+
+def save_weights(model, path):
+    """Writes `model`'s weights to `path` with a sha256 checksum per tensor.
+
+    The file is the one Keras' `model.save_weights(path)` writes (plain
+    Keras `model.load_weights(path)` reads it), with HDF5 attributes that
+    Keras' reader ignores: every dataset carries the sha256 of its bytes
+    and the path of its variable, and the file says that it carries them
+    (`normzoo.checkpoints.integrity` describes them).
+    `normzoo.checkpoints.restore` recomputes every checksum before it
+    assigns anything: a file whose tensor bytes were damaged is refused
+    with the damaged variables named, and the report of an intact one says
+    "verified". The checksums are computed from the file as written, read
+    back. The file appears at `path` only when complete (it is written
+    next to it and renamed), so an interrupted save leaves the previous
+    file in place.
+
+    Args:
+        model: A built Keras model.
+        path: The file to write; its name must end in `.weights.h5`, as Keras
+            requires.
+
+    Raises:
+        ValueError: `path` does not end in `.weights.h5`, or the model is not
+            built (Keras' error).
+    """
+    path = os.fspath(path)
+    if not path.endswith(_WEIGHTS_SUFFIX):
+        raise ValueError(
+            f"save_weights writes Keras weights files, whose names end in "
+            f"{_WEIGHTS_SUFFIX} (Keras' load_weights tells formats apart by it); got "
+            f"{path!r}.\nFix: pass a path ending in {_WEIGHTS_SUFFIX}, e.g. "
+            f"{os.path.splitext(path)[0]}{_WEIGHTS_SUFFIX}."
+        )
+    directory, name = os.path.split(os.path.abspath(path))
+    partial = os.path.join(
+        directory, f".{name[: -len(_WEIGHTS_SUFFIX)]}.{os.getpid()}.partial{_WEIGHTS_SUFFIX}"
+    )
+    try:
+        model.save_weights(partial)
+        _add_checksums(partial, model)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _add_checksums(path, model):
+    variables = {layer.name: saved_order(layer) for layer in leaf_layers(model)}
+    with h5py.File(path, "r+") as file:
+        datasets = []
+        file.visititems(
+            lambda _, node: datasets.append(node) if isinstance(node, h5py.Dataset) else None
+        )
+        for dataset in datasets:
+            dataset.attrs[integrity.CHECKSUM_ATTRIBUTE] = integrity.tensor_checksum(dataset[()])
+            # Keras names each variable by its position in a `vars` group whose
+            # `name` attribute is its layer's name.
+            layer = dataset.parent.attrs.get("name")
+            owned = variables.get(_text(layer)) if layer is not None else None
+            if owned is not None:
+                position = int(dataset.name.rsplit("/", 1)[-1])
+                dataset.attrs[integrity.VARIABLE_ATTRIBUTE] = owned[position].path
+        file.attrs[integrity.FILE_ATTRIBUTE] = integrity.ALGORITHM
+
+
+def saved_order(layer):
+    """The layer's own variables in the order Keras saves them (the
+    positions of a Keras 3 weights file)."""
+    store = {}
+    layer.save_own_variables(store)
+    return [store[str(index)] for index in range(len(store))]
 
 
 def read_h5(path):
@@ -58,7 +138,7 @@ def read_h5(path):
 
 def _read_h5_file(file, path, format_if_keras3="keras_weights_h5"):
     if "layers" in file:
-        return Source(path, format_if_keras3, _keras3_layers(file, path), _keras3_ignored(file))
+        return _keras3_source(file, path, format_if_keras3)
     if "_layer_checkpoint_dependencies" in file:
         raise RestoreError(
             f"{path} is a weights file of Keras 2.13-2.15, which normzoo does not read. Load "
@@ -67,7 +147,17 @@ def _read_h5_file(file, path, format_if_keras3="keras_weights_h5"):
         )
     group = file["model_weights"] if "model_weights" in file else file
     if "layer_names" in group.attrs or "layer_names0" in group.attrs:
-        return Source(path, "keras_legacy_h5", _legacy_layers(group, path))
+        return Source(
+            path,
+            "keras_legacy_h5",
+            _legacy_layers(group, path),
+            verification=(
+                "Keras 2 HDF5 files carry no checksums, and only keras.applications' files "
+                "under their distributed names (e.g. "
+                "resnet50_weights_tf_dim_ordering_tf_kernels.h5) are checked against the "
+                "hashes Keras publishes"
+            ),
+        )
     raise RestoreError(
         f"{path} is an HDF5 file but not a Keras weights file: it has neither Keras 3's "
         f"'layers' group nor Keras 2's 'layer_names' attribute (top-level keys: "
@@ -99,6 +189,8 @@ def read_keras_file(path):
     except (zipfile.BadZipFile, zlib.error, json.JSONDecodeError, *_READ_ERRORS) as error:
         raise _damaged(path, error) from error
     source.config_layout = _layout_of_config(config)
+    # zipfile checks each member's CRC-32 as it reads it.
+    source.passed("the zip CRC-32 of its weights and configuration matches")
     return source
 
 
@@ -145,16 +237,39 @@ def _refuse_code(config, path):
         )
 
 
-def _keras3_layers(file, path):
-    layers = {}
-    _collect_keras3(file["layers"], path, layers)
-    return layers
+def _keras3_source(file, path, format_):
+    checksummed = integrity.FILE_ATTRIBUTE in file.attrs
+    layers, damaged = {}, []
+    _collect_keras3(file["layers"], path, layers, damaged if checksummed else None)
+    if damaged:
+        raise RestoreError(
+            f"{path} is damaged: the bytes of {len(damaged)} tensor(s) no longer match the "
+            f"sha256 saved with them: {listing(damaged)}. Nothing was restored.\n"
+            f"Fix: copy or download the file again, or restore an earlier checkpoint."
+        )
+    source = Source(
+        path,
+        format_,
+        layers,
+        _keras3_ignored(file),
+        verification=(
+            "its weights carry no checksums (Keras' save_weights writes none; "
+            "normzoo.checkpoints.save_weights does)"
+        ),
+    )
+    if checksummed:
+        count = sum(len(tensors) for tensors in layers.values())
+        source.passed(f"the sha256 of each of its {count} tensors matches the one saved with it")
+    return source
 
 
-def _collect_keras3(parent, path, layers):
+def _collect_keras3(parent, path, layers, damaged):
+    """Reads the tensors of every layer under `parent` into `layers`; when
+    `damaged` is a list, checks each tensor's checksum and appends the name
+    of each that fails."""
     for key, group in parent.items():
         if "layers" in group:  # a nested model: its layers by their own names
-            _collect_keras3(group["layers"], path, layers)
+            _collect_keras3(group["layers"], path, layers, damaged)
         if "vars" not in group or not len(group["vars"]):
             continue
         variables = group["vars"]
@@ -166,11 +281,17 @@ def _collect_keras3(parent, path, layers):
                 f"which layer is which cannot be told. Load it into the model it was "
                 f"saved from (model.load_weights) and save it again with Keras >= 3.15."
             )
-        name = _text(name)
-        layers[name] = {
-            int(index): Tensor(f"{variables.name}/{index}", _array(variables[index]))
-            for index in sorted(variables, key=int)
-        }
+        tensors = {}
+        for index in sorted(variables, key=int):
+            dataset = variables[index]
+            stored = dataset[()]
+            if damaged is not None and integrity.tensor_checksum(stored) != _text(
+                dataset.attrs.get(integrity.CHECKSUM_ATTRIBUTE, "")
+            ):
+                variable = dataset.attrs.get(integrity.VARIABLE_ATTRIBUTE)
+                damaged.append(f"{_text(variable)} ({dataset.name})" if variable else dataset.name)
+            tensors[int(index)] = Tensor(dataset.name, _as_loaded(dataset, stored))
+        layers[_text(name)] = tensors
 
 
 def _keras3_ignored(file):
@@ -197,7 +318,8 @@ def _legacy_layers(group, path):
         for weight_name in _string_attribute(layer, "weight_names"):
             # "conv1_bn/moving_mean:0" (Keras 2) or "conv1_bn/moving_mean".
             key = weight_name.rsplit("/", 1)[-1].split(":")[0]
-            weights[key] = Tensor(f"{name}/{weight_name}", _array(layer[weight_name]))
+            dataset = layer[weight_name]
+            weights[key] = Tensor(f"{name}/{weight_name}", _as_loaded(dataset, dataset[()]))
         if weights:
             layers[name] = weights
     return layers
@@ -219,10 +341,11 @@ def _text(value):
     return value.decode("utf8") if isinstance(value, bytes) else str(value)
 
 
-def _array(dataset):
+def _as_loaded(dataset, stored):
+    """`stored`, the values of `dataset` as read, as the array Keras loads."""
     if dataset.attrs.get("dtype") == "bfloat16":  # as Keras 3 writes bfloat16 variables
-        return np.array(dataset, dtype=ml_dtypes.bfloat16)
-    return np.asarray(dataset[()])
+        return np.asarray(stored).view(ml_dtypes.bfloat16)
+    return np.asarray(stored)
 
 
 def _layout_of_config(config):

@@ -47,6 +47,18 @@ class RestoreReport:
             layers `skip` named.
         applied: False when nothing was assigned (a strict restore that
             failed).
+        verified: True if the checkpoint's bytes were checked and matched:
+            the sha256 of every tensor of a file written by
+            `normzoo.checkpoints.save_weights`, the CRC32C of every tensor of
+            a TensorFlow checkpoint, the CRC-32s of a `.keras` file, the md5
+            Keras publishes for a keras.applications file under its
+            distributed name, the sha256 a `manifest.json` next to the file
+            records. False when nothing could check them (e.g. a
+            `.weights.h5` written by Keras' own `save_weights`): the restore
+            went through, but a flipped bit in a tensor would have gone
+            unnoticed.
+        verification: What the bytes matched, if `verified`; else why they
+            were not verified.
     """
 
     source: str
@@ -59,6 +71,8 @@ class RestoreReport:
     unexpected: tuple = ()
     ignored: tuple = ()
     applied: bool = True
+    verified: bool = False
+    verification: str = "nothing was checked"
 
     @property
     def complete(self):
@@ -86,22 +100,22 @@ class RestoreReport:
         if self.missing:
             lines.append(
                 f"{len(self.missing)} model variable(s) missing from the checkpoint: "
-                f"{_listing(self.missing)}"
+                f"{listing(self.missing)}"
             )
         if self.shape_mismatched:
             lines.append(
                 f"{len(self.shape_mismatched)} shape mismatch(es): "
-                f"{_listing(self.shape_mismatched, separator='; ')}"
+                f"{listing(self.shape_mismatched, separator='; ')}"
             )
         if self.non_finite:
             lines.append(
                 f"{len(self.non_finite)} checkpoint tensor(s) holding NaN or Inf: "
-                f"{_listing([f'{source} (for {variable})' for variable, source in self.non_finite])}"
+                f"{listing([f'{source} (for {variable})' for variable, source in self.non_finite])}"
             )
         if self.unexpected:
             lines.append(
                 f"{len(self.unexpected)} checkpoint tensor(s) matching no model variable: "
-                f"{_listing(self.unexpected)}"
+                f"{listing(self.unexpected)}"
             )
         return lines
 
@@ -110,16 +124,19 @@ class RestoreReport:
         lines = [
             f"{self.source} ({self.format}): {state}; {len(self.restored)} variable(s) "
             f"restored, {len(self.skipped)} skipped, {len(self.ignored)} checkpoint "
-            f"tensor(s) ignored."
+            f"tensor(s) ignored.",
+            f"verified: {self.verification}."
+            if self.verified
+            else f"not verified: {self.verification}.",
         ]
         if self.skipped:
-            lines.append(f"skipped as asked: {_listing(self.skipped)}")
+            lines.append(f"skipped as asked: {listing(self.skipped)}")
         lines.extend(self.problems())
         if self.unrestored_statistics:
             lines.append(
                 f"{len(self.unrestored_statistics)} BatchNorm moving statistic(s) not restored: "
                 f"those layers normalize with their initial statistics "
-                f"({_listing(self.unrestored_statistics)})."
+                f"({listing(self.unrestored_statistics)})."
             )
         return "\n".join(lines)
 
@@ -141,7 +158,8 @@ def _is_statistic(name):
     return name.endswith(("/moving_mean", "/moving_variance"))
 
 
-def _listing(items, separator=", "):
+def listing(items, separator=", "):
+    """`items` joined by `separator`, the first few only, then "and N more"."""
     items = [str(item) for item in items]
     shown = separator.join(items[:_LISTED])
     if len(items) > _LISTED:

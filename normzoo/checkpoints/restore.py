@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
-from normzoo.checkpoints import keras_files, tf_checkpoints
+from normzoo.checkpoints import integrity, keras_files, tf_checkpoints
 from normzoo.checkpoints.report import RestoreError, RestoreReport, ShapeMismatch
 from normzoo.checkpoints.source import FORMATS, architecture
 from normzoo.models import leaf_layers
@@ -43,13 +43,19 @@ def restore(model, path, *, strict=True, skip=()):
       101/152 and V2);
     - TF1 checkpoints of TF-slim `resnet_v1_*` / `resnet_v2_*`.
 
-    Damaged files are refused: TensorFlow checkpoints (a CRC32C checksum
-    per tensor) and `.keras` files (zip CRC-32) are checked byte for byte,
-    and a truncated or structurally damaged HDF5 file cannot be opened. HDF5
-    weight files carry no checksum of their tensor data, though: a flipped
-    bit inside a tensor of a `.weights.h5` goes unnoticed unless it makes a
-    value NaN or Inf; check such files against a known hash (as
-    `checkpoints/manifest.json` records for normzoo's published ones).
+    Damaged files are refused, whatever `strict` says, before anything is
+    assigned: the bytes are checked against every checksum or hash there is
+    for them (`normzoo.checkpoints.integrity`): the sha256 of each tensor
+    of a `.weights.h5` written by `normzoo.checkpoints.save_weights` (the
+    damaged variables are named), the CRC32C of each tensor of a TensorFlow
+    checkpoint, the CRC-32s of a `.keras` file, the md5 Keras publishes for
+    a keras.applications file under its distributed name, and the sha256 a
+    `manifest.json` next to the file records (normzoo's `checkpoints/`). A
+    truncated or structurally damaged HDF5 file cannot be opened. HDF5
+    files without checksums (a `.weights.h5` from Keras' own
+    `save_weights`, a renamed keras.applications file) restore, but a
+    flipped bit inside a tensor goes unnoticed unless it makes a value NaN
+    or Inf: the report then says "not verified" (`RestoreReport.verified`).
 
     A checkpoint fits a model only if it was saved from the same
     architecture; `normzoo.models.build(name, weights=path)` builds the model
@@ -70,8 +76,9 @@ def restore(model, path, *, strict=True, skip=()):
         A `RestoreReport` naming every model variable and checkpoint tensor.
 
     Raises:
-        RestoreError: The checkpoint is missing, truncated, damaged or of an
-            unknown format (the message says which formats are known); a
+        RestoreError: The checkpoint is missing, truncated, damaged (its
+            bytes fail a checksum or published hash) or of an unknown
+            format (the message says which formats are known); a
             `.keras` file holds Python bytecode (a `Lambda` layer's lambda,
             which Keras' safe_mode refuses; it is never run); or, with
             `strict=True`, variables are missing, unexpected, of another
@@ -83,7 +90,10 @@ def restore(model, path, *, strict=True, skip=()):
 
 
 def read(path):
-    """Reads the checkpoint at `path` into a `normzoo.checkpoints.source.Source`."""
+    """Reads the checkpoint at `path` into a `normzoo.checkpoints.source.Source`,
+    checking its bytes against every checksum or hash there is for them (see
+    `restore`); raises `RestoreError` as `restore` does for a file it cannot
+    read or that fails a check."""
     path = os.fspath(path)
     if os.path.isdir(path):
         return tf_checkpoints.read(_latest_checkpoint(path))
@@ -96,18 +106,27 @@ def read(path):
             f"prefix ({path}.index does not exist either). Check the path."
         )
     if h5py.is_hdf5(path):
-        return keras_files.read_h5(path)
-    if zipfile.is_zipfile(path):
-        return keras_files.read_keras_file(path)
-    with open(path, "rb") as file:
-        signature = file.read(4)
-    if signature == _ZIP_SIGNATURE:
-        raise RestoreError(
-            f"{path} starts like a zip (.keras) file but has no zip directory at its end: it "
-            f"is truncated or damaged. Copy or download it again."
-        )
-    known = "\n".join(f"  - {description}" for description in FORMATS.values())
-    raise RestoreError(f"{path} is in none of the checkpoint formats normzoo reads:\n{known}")
+        reader = keras_files.read_h5
+    elif zipfile.is_zipfile(path):
+        reader = keras_files.read_keras_file
+    else:
+        with open(path, "rb") as file:
+            signature = file.read(4)
+        if signature == _ZIP_SIGNATURE:
+            raise RestoreError(
+                f"{path} starts like a zip (.keras) file but has no zip directory at its end: "
+                f"it is truncated or damaged. Copy or download it again."
+            )
+        known = "\n".join(f"  - {description}" for description in FORMATS.values())
+        raise RestoreError(f"{path} is in none of the checkpoint formats normzoo reads:\n{known}")
+    source = reader(path)
+    # After reading: a damaged tensor is named, a known foreign file (e.g.
+    # Keras 2.2.4's ResNet50 under today's name) is explained, before the
+    # whole file's hash is compared.
+    matched = integrity.check_file(path)
+    if matched:
+        source.passed(matched)
+    return source
 
 
 def _tf_prefix(path):
@@ -168,20 +187,13 @@ def _skip_set(model, skip):
     return set(skip)
 
 
-def _saved_order(layer):
-    """The layer's own variables in the order Keras saves them."""
-    store = {}
-    layer.save_own_variables(store)
-    return [store[str(index)] for index in range(len(store))]
-
-
 def _match(model, source, skip, unused):
     plan, restored, missing, skipped, mismatched, non_finite = [], [], [], [], [], []
     used = set()
     ignored = list(source.ignored)
     owned = set()
     for layer in leaf_layers(model):
-        variables = _saved_order(layer)
+        variables = keras_files.saved_order(layer)
         weights = source.layers.get(layer.name, {})
         positional = bool(weights) and all(isinstance(key, int) for key in weights)
         for position, variable in enumerate(variables):
@@ -231,6 +243,8 @@ def _match(model, source, skip, unused):
         non_finite=tuple(non_finite),
         unexpected=tuple(unexpected),
         ignored=tuple(ignored),
+        verified=source.verified,
+        verification=source.verification,
     )
     return plan, report
 

@@ -51,6 +51,10 @@ class Source:
             TF-slim), else None.
         config_layout: The layout read from a saved model configuration
             (.keras files), else None.
+        verified: True if the checkpoint's bytes were checked against
+            checksums or hashes, and matched (see `verification`).
+        verification: What the bytes were checked against, if `verified`;
+            else why they could not be.
     """
 
     path: str
@@ -59,6 +63,14 @@ class Source:
     ignored: list = dataclasses.field(default_factory=list)
     layout: str | None = None
     config_layout: str | None = None
+    verified: bool = False
+    verification: str = "nothing was checked"
+
+    def passed(self, check):
+        """Records that the bytes passed `check` (a sentence saying what they
+        matched)."""
+        self.verification = f"{self.verification}; {check}" if self.verified else check
+        self.verified = True
 
     def weight(self, layer, key):
         """The Tensor of `layer`'s weight `key` (a name, or a position for

@@ -13,6 +13,8 @@ A TF1 name-based checkpoint (`tf.compat.v1.train.Saver`) is read as a
 TF-slim ResNet (`normzoo.checkpoints.slim`).
 """
 
+import os
+
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
@@ -36,8 +38,9 @@ def read(prefix):
     try:
         shapes = reader.get_variable_to_shape_map()
         if _OBJECT_GRAPH_KEY in shapes:
-            return _read_object_based(reader, prefix)
-        return slim.read(reader, prefix)
+            source = _read_object_based(reader, prefix)
+        else:
+            source = slim.read(reader, prefix)
     except RestoreError:
         raise
     except (tf.errors.OpError, IndexError, ValueError) as error:
@@ -47,6 +50,11 @@ def read(prefix):
             f"incomplete ({type(error).__name__}: {str(error).splitlines()[0]}). Copy it again "
             f"or restore an earlier checkpoint; nothing was restored."
         ) from error
+    if os.path.exists(f"{prefix}.index"):
+        # The tensor bundle format (TF >= 1.0) stores a CRC32C per tensor,
+        # which the reader checks on every read.
+        source.passed("TensorFlow checked the CRC32C of each tensor it read")
+    return source
 
 
 def _read_object_based(reader, prefix):

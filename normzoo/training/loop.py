@@ -13,8 +13,9 @@ in `model_dir`:
     restore_report.json     for a run started from `init_checkpoint`: what
                             was restored, skipped (a new classifier) and
                             ignored, and the BatchNorm audit after it
-    model.weights.h5        the final weights (Keras format), for
-                            normzoo's restore and `model.load_weights`
+    model.weights.h5        the final weights (Keras format, with a sha256
+                            per tensor: `normzoo.checkpoints.save_weights`),
+                            for normzoo's restore and `model.load_weights`
 
 A run may start from a pretrained checkpoint (`init_checkpoint`, any format
 of `normzoo.checkpoints.restore`): every variable is restored, BatchNorm
@@ -554,7 +555,7 @@ def _run(
         history.append({"epoch": config.epochs - 1, "step": step, "test_loss": test["loss"],
                         "test_accuracy": test["accuracy"]})
     weights_path = os.path.join(out_dir, "model.weights.h5")
-    model.save_weights(weights_path)
+    checkpoints.save_weights(model, weights_path)
     final = {
         "model": config.model,
         "norm": config.norm,

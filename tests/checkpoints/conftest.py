@@ -8,6 +8,7 @@ inference logits on the same images must agree to 1e-4 of the logit scale.
 that the comparison fails: a restore that lost statistics could not pass.
 """
 
+import hashlib
 import importlib.util
 import os
 import pathlib
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 
 from normzoo import layers
+from normzoo.checkpoints import integrity
 
 IMAGE_SHAPE = (32, 32, 3)
 RELATIVE_TOLERANCE = 1e-4
@@ -103,6 +105,21 @@ def save_keras2_h5(model, path):
             group.attrs["weight_names"] = [name.encode("utf8") for name in names]
             for name, weight in zip(names, weights):
                 group.create_dataset(name, data=weight.numpy())
+
+
+@pytest.fixture
+def as_distributed(monkeypatch):
+    """as_distributed(path): makes the md5 of the file at `path` the one Keras
+    publishes for its name (a keras.applications file name), as if it were
+    that file as distributed: tests cannot download the real ones."""
+
+    def record(path):
+        name = os.path.basename(path)
+        _, url = integrity.DISTRIBUTED_FILES[name]
+        md5 = hashlib.md5(pathlib.Path(path).read_bytes()).hexdigest()
+        monkeypatch.setitem(integrity.DISTRIBUTED_FILES, name, (md5, url))
+
+    return record
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,9 @@ and statistics), saved in each format; the reference is that model's
 logits. The files as distributed are written in Keras 2's HDF5 format
 (conftest.save_keras2_h5); that keras.applications' own loader reads those
 files into the same model is checked too, so that the format, not only
-normzoo's reading of it, is the real one.
+normzoo's reading of it, is the real one. Under their distributed names,
+they stand in for the real files: their md5 is made the one Keras
+publishes (conftest.as_distributed), which restore then verifies.
 """
 
 import keras
@@ -63,16 +65,20 @@ def test_keras2_format_files_load_into_keras_applications_unchanged(resnet50, to
 
 
 @pytest.mark.parametrize("name", sorted(APPLICATIONS))
-def test_distributed_weights_file_builds_the_keras_applications_model(name, tools, tmp_path):
+def test_distributed_weights_file_builds_the_keras_applications_model(
+    name, tools, tmp_path, as_distributed
+):
     path = tmp_path / f"{name}_weights_tf_dim_ordering_tf_kernels.h5"
     source = _source(name, tools)
     tools.save_keras2_h5(source, path)
+    as_distributed(path)
     inputs = tools.images()
     expected = source(inputs, training=False).numpy()
 
     model = models.build(name, weights=path, input_shape=tools.IMAGE_SHAPE)
 
     assert model.restore_report.format == "keras_legacy_h5"
+    assert model.restore_report.verified
     _check_complete(model)
     assert model.get_layer("conv1_conv").use_bias  # the "keras" layout
     tools.assert_same_outputs(model(inputs, training=False).numpy(), expected)
@@ -101,8 +107,9 @@ def notop(tools, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["resnet50", "resnet50v2"])
-def test_distributed_notop_file_builds_the_feature_extractor(name, notop, tools):
+def test_distributed_notop_file_builds_the_feature_extractor(name, notop, tools, as_distributed):
     path, expected = notop(name)
+    as_distributed(path)
 
     features = models.build(name, weights=path, input_shape=tools.IMAGE_SHAPE)
 
@@ -111,8 +118,11 @@ def test_distributed_notop_file_builds_the_feature_extractor(name, notop, tools)
     tools.assert_same_outputs(features(tools.images(), training=False).numpy(), expected)
 
 
-def test_notop_file_with_num_classes_restores_all_but_a_new_classifier(notop, tools):
+def test_notop_file_with_num_classes_restores_all_but_a_new_classifier(
+    notop, tools, as_distributed
+):
     path, expected = notop("resnet50")
+    as_distributed(path)
 
     classifier = models.build(
         "resnet50", weights=path, input_shape=tools.IMAGE_SHAPE, num_classes=7

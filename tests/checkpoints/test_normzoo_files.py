@@ -40,6 +40,8 @@ def test_training_outputs_restore_the_trained_model(relative_path, expected_form
 
     report = restored.restore_report
     assert report.format == expected_format and report.complete
+    # TensorFlow's CRC32C per tensor, or save_weights' sha256 per tensor.
+    assert report.verified, report
     assert len(report.restored) == len(restored.weights) == len(model.weights)
     restored_values = {variable.path: variable.numpy() for variable in restored.weights}
     for variable in model.weights:  # trained statistics included
