@@ -438,6 +438,23 @@ class BatchNorm(AffineNormalization):
         return {**super().get_config(), **config}
 
 
+
+@keras.saving.register_keras_serializable(package="normzoo")
+class BatchNormalization(BatchNorm):
+    """`BatchNorm` under Keras' class name, for weight files.
+
+    Keras' `.weights.h5` format files each layer's variables under a key
+    made from its class name ("batch_normalization", "batch_normalization_1",
+    ... in model order), not its `name`: a file saved from a model with
+    `keras.layers.BatchNormalization` has no "batch_norm" entries, and
+    `load_weights` into the same model built with `BatchNorm` fails. Built
+    with this class instead, the model reads (and writes) Keras' keys, so
+    such files load both ways. The layer is `BatchNorm` in every other
+    respect; models of normzoo's zoo use `BatchNorm`, and their files keep
+    its keys.
+    """
+
+
 def _number(value, argument):
     """`float(value)`, raising what `float` raises (as Keras, which converts
     its float arguments so) with a message naming the argument."""

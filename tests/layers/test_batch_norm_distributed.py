@@ -617,7 +617,7 @@ def single_device_reference(layer, x, upstream, mask=None):
 
 def random_mask(shape, seed):
     mask = np.random.default_rng(seed).random(shape) < 0.6
-    mask.reshape(-1, mask.shape[-1])[0] = True  # some value of every channel counts
+    mask[0] = True  # some value of every channel counts
     return mask
 
 
