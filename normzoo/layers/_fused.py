@@ -25,15 +25,14 @@ def batch_norm_training(x, gamma, beta, epsilon, data_format):
     """Returns `(outputs, mean, variance, count)`: x normalized with its own
     batch statistics and scaled by `gamma`, offset by `beta` (float32
     vectors), the per-channel batch mean and biased variance, and the number
-    of values per channel. An empty batch has NaN statistics (and zero
-    gradients)."""
+    of values per channel. An empty batch has NaN statistics, and zero
+    gradients where TensorFlow runs the kernel (XLA's expansion of it gives
+    gamma a NaN gradient: see `in_xla_context`)."""
     spatial = (1, 2) if data_format == "NHWC" else (2, 3)
     channel_axis = 3 if data_format == "NHWC" else 1
     reduced = [a for a in range(4) if a != channel_axis]
     first = [slice(0, 1) if a != channel_axis else slice(None) for a in range(4)]
-    # The sum of one element is that element; an empty batch (an empty
-    # replica's shard) gets a shift of one value per channel, not none.
-    shift = tf.stop_gradient(tf.reduce_sum(x[tuple(first)], axis=reduced, keepdims=True))
+    shift = tf.stop_gradient(x[tuple(first)])
     outputs, deviation_mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
         x - shift,
         gamma,
@@ -44,7 +43,10 @@ def batch_norm_training(x, gamma, beta, epsilon, data_format):
     )[:3]
     count = tf.cast(tf.shape(x)[0] * tf.reduce_prod(tf.gather(tf.shape(x), spatial)), x.dtype)
     variance = unbiased_variance * (count - 1.0) / tf.maximum(count, 1.0)
-    return outputs, tf.reshape(shift, [-1]) + deviation_mean, variance, count
+    # The sum of one element is that element, and for an empty batch (an
+    # empty replica's shard) it is one value per channel, not none.
+    mean = tf.reduce_sum(shift, axis=reduced) + deviation_mean
+    return outputs, mean, variance, count
 
 
 def in_xla_context():

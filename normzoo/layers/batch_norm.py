@@ -307,13 +307,16 @@ class BatchNorm(AffineNormalization):
         return ops.broadcast_to(mask, shape)
 
     def _kernel_scale_and_offset(self, dtype):
-        ones = ops.ones(self.moving_mean.shape, dtype)
-        zeros = ops.zeros_like(ones)
-        if self.renorm:
-            # The correction needs the batch's statistics, which the kernels
-            # compute: they only standardize, and r, d, gamma and beta follow.
-            return ones, zeros
-        return (self.gamma if self.scale else ones), (self.beta if self.center else zeros)
+        # With renorm the correction needs the batch's statistics, which the
+        # kernels compute: they only standardize, and r, d, gamma and beta
+        # follow.
+        scale = self.gamma if self.scale and not self.renorm else None
+        offset = self.beta if self.center and not self.renorm else None
+        if scale is None:
+            scale = ops.ones(self.moving_mean.shape, dtype)
+        if offset is None:
+            offset = ops.zeros(self.moving_mean.shape, dtype)
+        return scale, offset
 
     def _train_forward(self, x, mask):
         """Normalizes with the batch's statistics and updates the moving ones."""

@@ -359,3 +359,13 @@ def test_a_mask_that_does_not_broadcast_is_a_value_error_naming_the_shapes():
     """Keras fails inside TensorFlow's broadcast (InvalidArgumentError)."""
     with pytest.raises(ValueError, match=r"\(2, 2\) does not broadcast to the input of shape \(2, 3, 4\)"):
         BatchNorm()(np.ones((2, 3, 4), "float32"), training=True, mask=np.ones((2, 2), bool))
+
+
+@pytest.mark.parametrize("synchronized", [False, True])
+def test_keras_fully_masked_zeros_give_zeros(synchronized):
+    """Keras' test_input_fully_masked (synchronized=True outside a strategy
+    is ordinary batch normalization)."""
+    layer = BatchNorm(scale=False, center=False, synchronized=synchronized)
+    outputs = layer(np.zeros((4, 5)), mask=np.zeros((4,), "float32"), training=True)
+    np.testing.assert_array_equal(outputs, np.zeros((4, 5)))
+    np.testing.assert_array_equal(layer.moving_variance.numpy(), 1.0)
