@@ -95,11 +95,11 @@ def numpy_renorm_step(x, state, gamma, beta, axis, clipping, mask=None):
     return outputs, updated, clipped
 
 
-def training_step(layer, x, upstream, mask=None, jit_compile=False):
-    """Output of a training call and the gradients of sum(upstream * output)
-    w.r.t. x, gamma and beta."""
+def training_step(layer, jit_compile=False):
+    """(x, upstream, mask=None) -> the output of a training call and the
+    gradients of sum(upstream * output) w.r.t. x, gamma and beta."""
 
-    def step(x, mask):
+    def step(x, upstream, mask):
         with tf.GradientTape() as tape:
             tape.watch(x)
             outputs = layer(x, training=True, mask=mask)
@@ -108,9 +108,13 @@ def training_step(layer, x, upstream, mask=None, jit_compile=False):
 
     if jit_compile:
         step = tf.function(step, jit_compile=True)
-    mask = None if mask is None else tf.constant(mask)
-    outputs, gradients = step(tf.constant(x), mask)
-    return np.asarray(outputs, np.float32), [g.numpy() for g in gradients]
+
+    def run(x, upstream, mask=None):
+        mask = None if mask is None else tf.constant(mask)
+        outputs, gradients = step(tf.constant(x), tf.constant(upstream), mask)
+        return np.asarray(outputs, np.float32), [g.numpy() for g in gradients]
+
+    return run
 
 
 # name: (input shape, feature axis, clipping, masked)
@@ -137,6 +141,7 @@ def test_renorm_training_matches_numpy_and_keras_over_steps(case, jit_compile):
     gamma, beta = ours.gamma.numpy(), ours.beta.numpy()
     state = state_of(ours)
     hit = set()
+    step_ours, step_theirs = training_step(ours, jit_compile), training_step(theirs)
     for step in range(3):
         rng = np.random.default_rng(10 + step)
         x = rng.normal(1.0 + step, 0.5 + step, shape).astype("float32")
@@ -146,8 +151,8 @@ def test_renorm_training_matches_numpy_and_keras_over_steps(case, jit_compile):
             mask[0] = True
         expected, state, clipped = numpy_renorm_step(x, state, gamma, beta, axis, clipping, mask)
         hit.update(bound for bound, was_hit in clipped.items() if was_hit)
-        outputs, gradients = training_step(ours, x, upstream, mask, jit_compile)
-        keras_outputs, keras_gradients = training_step(theirs, x, upstream, mask)
+        outputs, gradients = step_ours(x, upstream, mask)
+        keras_outputs, keras_gradients = step_theirs(x, upstream, mask)
         np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5, err_msg=f"{step=}")
         np.testing.assert_allclose(outputs, keras_outputs, rtol=1e-5, atol=1e-5, err_msg=f"{step=}")
         for name, mine, keras_gradient in zip(("x", "gamma", "beta"), gradients, keras_gradients):
@@ -273,7 +278,7 @@ def test_renorm_with_frozen_stats_is_inference_normalization_and_changes_no_stat
     before = {name: getattr(ours, name).numpy() for name in STATISTICS}
     rng = np.random.default_rng(7)
     x, upstream = rng.normal(2.0, 3.0, shape).astype("float32"), rng.normal(size=shape).astype("float32")
-    outputs, (d_x, d_gamma, d_beta) = training_step(ours, x, upstream, jit_compile=jit_compile)
+    outputs, (d_x, d_gamma, d_beta) = training_step(ours, jit_compile)(x, upstream)
     inverse_std = 1 / np.sqrt(before["moving_variance"] + EPSILON)
     standardized = (x - before["moving_mean"]) * inverse_std
     gamma, beta = ours.gamma.numpy(), ours.beta.numpy()
