@@ -68,7 +68,9 @@ class BatchNorm(AffineNormalization):
     same as without renorm (the moving mean and variance). The variables,
     their initial values (the stddevs start at the square root of
     `moving_variance_initializer`'s values) and their order in
-    `layer.weights` are Keras', so a Keras renorm layer's weights load.
+    `layer.weights` are Keras', so a Keras renorm layer's weights load
+    (`set_weights`; for `.weights.h5` files, which Keras keys by class name,
+    build the model with `normzoo.layers.BatchNormalization`).
 
     Differences from `keras.layers.BatchNormalization` that a user may rely on:
 
@@ -95,8 +97,8 @@ class BatchNorm(AffineNormalization):
       the moving variance decays towards 0. Use `frozen_stats=True` or
       `LayerNorm` to train on such batches.
     - An empty batch (a replica's empty shard of a global batch that does
-      not divide evenly) trains: its gradients are 0 and its statistics
-      unchanged (Keras' gamma gets NaN).
+      not divide evenly) trains: the gradients of gamma and beta are 0 and
+      the statistics unchanged (Keras gives gamma a NaN gradient).
     - `synchronized=True` gathers the global batch's statistics with a single
       collective per call (Keras uses three all-reduces) and one all-reduce
       in the backward pass, exact also when replicas hold batches of

@@ -182,3 +182,13 @@ def test_accepted_numbers_are_converted_as_keras_converts_them():
     for argument in ("axis", "momentum", "epsilon"):
         assert getattr(layer, argument) == getattr(keras_layer, argument)
         assert type(getattr(layer, argument)) is type(getattr(keras_layer, argument))
+
+
+def test_batch_normalization_is_batch_norm_under_keras_class_name_and_round_trips():
+    import normzoo.layers
+
+    layer = normzoo.layers.BatchNormalization(renorm=True, momentum=0.9, frozen_stats=True)
+    assert isinstance(layer, BatchNorm)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is normzoo.layers.BatchNormalization
+    assert restored.get_config() == layer.get_config()
