@@ -297,7 +297,19 @@ def fold(model):
             return keras.layers.Identity(name=layer.name)
         return layer.__class__.from_config(config)
 
-    folded = keras.models.clone_model(model, clone_function=clone)
+    def call(layer, *args, **kwargs):
+        # A functional model recorded the BatchNorm's call with its `mask`
+        # argument (both layers take one); the Identity in its place takes
+        # none, and passes its input's mask on by itself. (A Sequential
+        # model records no calls, and Keras refuses a call_function there.)
+        if layer.name in folded_norms:
+            kwargs.pop("mask", None)
+        return layer(*args, **kwargs)
+
+    sequential = isinstance(model, keras.Sequential)
+    folded = keras.models.clone_model(
+        model, clone_function=clone, call_function=None if sequential else call
+    )
     folded.name = f"{model.name}_folded"
     for layer in folded.layers:
         if layer.name in pairs:

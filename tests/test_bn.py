@@ -372,3 +372,21 @@ def test_fold_keeps_a_batch_norm_after_an_activated_convolution():
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize("norm_class", [layers.BatchNorm, keras.layers.BatchNormalization])
+def test_fold_folds_a_batch_norm_that_takes_a_mask(norm_class):
+    """Both layers take `mask`, so a functional model records their calls
+    with it; the Identity that replaces a folded one must be called without
+    (with Keras' layer, fold raised "unexpected keyword argument 'mask'")."""
+    inputs = keras.Input((6, 6, 2))
+    outputs = norm_class(name="bn")(keras.layers.Conv2D(3, 3, name="conv")(inputs))
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    model.get_layer("bn").set_weights(
+        [rng.uniform(0.5, 2.0, 3), rng.normal(size=3), rng.normal(size=3), rng.uniform(0.5, 2.0, 3)]
+    )
+    folded = bn.fold(model)
+    assert [type(layer).__name__ for layer in folded.layers] == ["InputLayer", "Conv2D", "Identity"]
+    x = rng.normal(size=(2, 6, 6, 2)).astype("float32")
+    np.testing.assert_allclose(folded(x), model(x, training=False), rtol=1e-5, atol=1e-5)

@@ -1,7 +1,5 @@
 """The learned scale (gamma) and offset (beta) shared by BatchNorm and LayerNorm."""
 
-import re
-
 import keras
 from keras import constraints, initializers, regularizers
 
@@ -15,9 +13,6 @@ class AffineNormalization(keras.layers.Layer):
     (with `scale=True`) and `beta` (with `center=True`) with their
     initializers, regularizers and constraints, created by `build_affine`
     and listed in `get_config`."""
-
-    # (own key, Keras' key) of the layer in a `.weights.h5`; see `load_own_variables`.
-    _KERAS_KEYS = None
 
     def __init__(
         self,
@@ -65,26 +60,6 @@ class AffineNormalization(keras.layers.Layer):
                     autocast=False,
                 )
                 setattr(self, parameter, weight)
-
-    def load_own_variables(self, store):
-        """Loads the layer's variables from a Keras weights file, also from
-        one saved from a model that had Keras' own layer in this place.
-
-        A Keras 3 `.weights.h5` keys each layer of a model by the snake-cased
-        name of its class, numbered in order (`layers/layer_normalization_1`):
-        a file saved with `keras.layers.LayerNormalization` has no group for
-        `LayerNorm` (`layers/layer_norm_1`). A subclass that sets
-        `_KERAS_KEYS = (own_key, keras_key)` reads, when the file has no group
-        under its own key, the group of the same number under Keras' key.
-        """
-        path = getattr(store, "_h5_entry_path", None)
-        if self._KERAS_KEYS and self.variables and not len(store) and path:
-            own_key, keras_key = self._KERAS_KEYS
-            parent, _, key = path.rpartition("/")
-            match = re.fullmatch(re.escape(own_key) + r"(_\d+)?", key)
-            if match:
-                store.get(f"{parent}/{keras_key}{match.group(1) or ''}".lstrip("/"))
-        super().load_own_variables(store)
 
     def get_config(self):
         config = {"epsilon": self.epsilon, "center": self.center, "scale": self.scale}

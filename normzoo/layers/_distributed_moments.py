@@ -12,13 +12,15 @@ statistics. They are combined with Chan et al.'s parallel formula:
 
 which, unlike the sum / sum-of-squares all-reduce Keras uses (three
 all-reduces, then E[x^2] - E[x]^2), neither cancels catastrophically when
-|mean| >> std nor assumes equal shard sizes. `batch_norm_training`
+|mean| >> std nor assumes equal shard sizes (with a mask, the counts are
+those of the selected values, per channel). `batch_norm_training`
 normalizes with them and has batch normalization's closed-form gradient,
 whose two global sums per channel take one all-reduce.
 """
 
 import tensorflow as tf
 
+from normzoo.layers._fused import selected_only
 from normzoo.layers._statistics import shifted_moments
 
 
@@ -52,46 +54,50 @@ def _sum(context, value):
     return _outside_xla_clusters(lambda: context.all_reduce(tf.distribute.ReduceOp.SUM, value))
 
 
-def global_moments(x, axes, context):
-    """`(mean, variance, centered)` of the global batch over `axes` (keepdims),
-    where `centered` = x - mean for this replica's shard `x`.
+def global_moments(x, axes, context, mask=None):
+    """`(count, mean, variance, centered)` of the global batch over `axes`
+    (keepdims), where `count` is the global number of values reduced (a
+    scalar, or per channel with a mask) and `centered` = x - mean for this
+    replica's shard `x`. With a boolean `mask` (broadcastable to `x`, of
+    `x`'s shape along `axes`), of the selected values only.
 
-    Shards may differ in size (each contributes in proportion to its element
-    count; an empty shard contributes nothing).
+    Shards may differ in size (each contributes in proportion to its count;
+    an empty or fully masked shard contributes nothing, and a global batch
+    without any value has mean 0 and variance 0, as on one device).
     """
-    shift, deviation, residual, variance = shifted_moments(x, axes)
-    count = tf.cast(tf.size(x) // tf.maximum(tf.size(residual), 1), x.dtype)
+    count, shift, deviation, residual, variance = shifted_moments(x, axes, mask)
     stat_shape = tf.shape(residual)
-    # An empty shard has NaN moments; weight zero must not turn them into 0*NaN.
-    shift, residual, m2 = (
-        tf.where(count > 0, t, tf.zeros_like(t)) for t in (shift, residual, count * variance)
-    )
+    counts_size = count.shape.num_elements()
     packed = tf.concat(
-        [tf.reshape(count, [1])] + [tf.reshape(t, [-1]) for t in (shift, residual, m2)], axis=0
+        [tf.reshape(t, [-1]) for t in (count, shift, residual, count * variance)], axis=0
     )
     gathered = _gather(context, packed[tf.newaxis])
-    counts = gathered[:, :1]
-    shifts, residuals, m2s = tf.split(gathered[:, 1:], 3, axis=1)
-    total = tf.reduce_sum(counts)
+    counts = gathered[:, :counts_size]
+    shifts, residuals, m2s = tf.split(gathered[:, counts_size:], 3, axis=1)
+    total = tf.reduce_sum(counts, axis=0)
+    divisor = tf.maximum(total, 1.0)
     # Combine in offsets from one reference near every shard's mean: the
     # shifts then subtract exactly, and neither the mean nor M2 adds terms of
     # size |mean| whose float32 rounding would swamp a small variance.
-    reference = tf.reduce_sum(counts * shifts, axis=0) / total
+    reference = tf.reduce_sum(counts * shifts, axis=0) / divisor
     offsets = (shifts - reference) + residuals
-    offset = tf.reduce_sum(counts * offsets, axis=0) / total
+    offset = tf.reduce_sum(counts * offsets, axis=0) / divisor
     m2 = tf.reduce_sum(m2s, axis=0) + tf.reduce_sum(counts * tf.square(offsets - offset), axis=0)
     mean = tf.reshape(reference + offset, stat_shape)
     # x - mean = (x - shift) + (shift - reference) - offset, all small terms.
     shift_from_reference = shift - tf.reshape(reference, stat_shape)
     centered = deviation + shift_from_reference - tf.reshape(offset, stat_shape)
-    return mean, tf.reshape(m2 / total, stat_shape), centered
+    total = tf.reshape(total, tf.shape(count))
+    return total, mean, tf.reshape(m2 / divisor, stat_shape), centered
 
 
-def batch_norm_training(x, gamma, beta, epsilon, axes, shape, context):
-    """Returns `(outputs, mean, variance)`: this replica's shard `x`
-    normalized with the global batch's statistics (over `axes`) and scaled by
-    `gamma`, offset by `beta` (float32 vectors, reshaped to `shape`), and the
-    global per-channel mean and biased variance.
+def batch_norm_training(x, gamma, beta, epsilon, axes, shape, context, mask=None):
+    """Returns `(outputs, mean, variance, count)`: this replica's shard `x`
+    normalized with the global batch's statistics (over `axes`) and scaled
+    by `gamma`, offset by `beta` (float32 vectors, reshaped to `shape`), the
+    global per-channel mean and biased variance, and the global count of
+    values. With a boolean `mask`, the statistics are those of the selected
+    values of every shard (see `_fused.batch_norm_training_composed`).
 
     The backward pass is batch normalization's closed-form gradient over the
     global batch of N elements per channel,
@@ -99,7 +105,8 @@ def batch_norm_training(x, gamma, beta, epsilon, axes, shape, context):
         dx = gamma / std * (dy - S(dy) / N - x_hat * S(dy * x_hat) / N)
 
     where S sums over every replica: one all-reduce of the two sums per
-    channel. Differentiating the forward pass op by op instead (through the
+    channel (with a mask, the two terms after dy vanish where it is False).
+    Differentiating the forward pass op by op instead (through the
     all-gather and every elementwise op) cost ResNet-20 on 2 CPU replicas
     about 19% of its step time against unsynchronized BatchNorm, growing
     with the batch (scripts/benchmark.py, P4). The gradients of gamma and
@@ -112,29 +119,34 @@ def batch_norm_training(x, gamma, beta, epsilon, axes, shape, context):
 
     @tf.custom_gradient
     def normalize(x, gamma, beta):
-        mean, variance, centered = global_moments(x, axes, context)
+        count, mean, variance, centered = global_moments(x, axes, context, mask)
         inverse_std = tf.math.rsqrt(variance + epsilon)
         scale = tf.reshape(gamma, shape) * inverse_std
         outputs = centered * scale + tf.reshape(beta, shape)
+        divisor = tf.maximum(count, 1.0)
 
-        def gradient(d_outputs, d_mean, d_variance):
-            del d_mean, d_variance
+        def gradient(d_outputs, d_mean, d_variance, d_count):
+            del d_mean, d_variance, d_count
             d_beta = tf.reduce_sum(d_outputs, axes, keepdims=True)
             d_centered = tf.reduce_sum(d_outputs * centered, axes, keepdims=True)
-            count = tf.cast(tf.size(x) // tf.size(gamma), x.dtype)
-            total = _sum(context, tf.concat(
-                [tf.reshape(count, [1]), tf.reshape(d_beta, [-1]), tf.reshape(d_centered, [-1])], 0
-            ))
-            count = total[0]
+            total = _sum(
+                context, tf.concat([tf.reshape(d_beta, [-1]), tf.reshape(d_centered, [-1])], 0)
+            )
             global_d_beta, global_d_centered = (
-                tf.reshape(t, tf.shape(d_beta)) for t in tf.split(total[1:], 2)
+                tf.reshape(t, tf.shape(d_beta)) for t in tf.split(total, 2)
             )
             # dx = scale * dy + b * centered + e, per-channel b and e.
-            b = -scale * tf.square(inverse_std) * global_d_centered / count
-            d_x = d_outputs * scale + centered * b - scale * global_d_beta / count
+            b = -scale * tf.square(inverse_std) * global_d_centered / divisor
+            d_statistics = centered * b - scale * global_d_beta / divisor
+            d_x = d_outputs * scale + selected_only(d_statistics, mask)
             d_gamma = inverse_std * d_centered
             return d_x, tf.reshape(d_gamma, [-1]), tf.reshape(d_beta, [-1])
 
-        return (outputs, tf.reshape(mean, [-1]), tf.reshape(variance, [-1])), gradient
+        return (
+            outputs,
+            tf.reshape(mean, [-1]),
+            tf.reshape(variance, [-1]),
+            tf.reshape(count, [-1]),
+        ), gradient
 
     return normalize(x, gamma, beta)

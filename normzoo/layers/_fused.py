@@ -22,11 +22,15 @@ DATA_FORMATS = {3: "NHWC", 1: "NCHW"}
 
 
 def batch_norm_training(x, gamma, beta, epsilon, data_format):
-    """Returns `(outputs, mean, variance)`: x normalized with its own batch
-    statistics and scaled by `gamma`, offset by `beta` (float32 vectors), and
-    the per-channel batch mean and biased variance."""
+    """Returns `(outputs, mean, variance, count)`: x normalized with its own
+    batch statistics and scaled by `gamma`, offset by `beta` (float32
+    vectors), the per-channel batch mean and biased variance, and the number
+    of values per channel. An empty batch has NaN statistics, and zero
+    gradients where TensorFlow runs the kernel (XLA's expansion of it gives
+    gamma a NaN gradient: see `in_xla_context`)."""
     spatial = (1, 2) if data_format == "NHWC" else (2, 3)
     channel_axis = 3 if data_format == "NHWC" else 1
+    reduced = [a for a in range(4) if a != channel_axis]
     first = [slice(0, 1) if a != channel_axis else slice(None) for a in range(4)]
     shift = tf.stop_gradient(x[tuple(first)])
     outputs, deviation_mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
@@ -39,32 +43,55 @@ def batch_norm_training(x, gamma, beta, epsilon, data_format):
     )[:3]
     count = tf.cast(tf.shape(x)[0] * tf.reduce_prod(tf.gather(tf.shape(x), spatial)), x.dtype)
     variance = unbiased_variance * (count - 1.0) / tf.maximum(count, 1.0)
-    return outputs, tf.reshape(shift, [-1]) + deviation_mean, variance
+    # The sum of one element is that element, and for an empty batch (an
+    # empty replica's shard) it is one value per channel, not none.
+    mean = tf.reduce_sum(shift, axis=reduced) + deviation_mean
+    return outputs, mean, variance, count
 
 
 def in_xla_context():
-    """True while a function compiled whole by XLA (`jit_compile=True`) is
-    being traced: there `tf.nn.fused_batch_norm` becomes an HLO batch-norm op
-    that XLA expands into generic code, slower than the formula composed from
-    elementwise ops and reductions, which XLA fuses itself."""
-    from tensorflow.python.ops import control_flow_util  # no public equivalent
+    """True while ops are being traced for XLA: in a function compiled whole
+    (`jit_compile=True`), or in a `tf.xla.experimental.jit_scope` that
+    compiles its ops (how `normzoo.training` compiles a replica's step
+    under MirroredStrategy on CPU). There `tf.nn.fused_batch_norm` becomes
+    an HLO batch-norm op that XLA expands into generic code, slower than the
+    formula composed from elementwise ops and reductions, which XLA fuses
+    itself; and on an empty batch (an empty replica's shard) the expansion's
+    gradient of gamma is 0 * NaN."""
+    # No public equivalent of either test.
+    from tensorflow.python.ops import control_flow_util
 
-    return tf.executing_eagerly() is False and control_flow_util.GraphOrParentsInXlaContext(
-        tf.compat.v1.get_default_graph()
-    )
+    if tf.executing_eagerly():
+        return False
+    graph = tf.compat.v1.get_default_graph()
+    if control_flow_util.GraphOrParentsInXlaContext(graph):
+        return True
+    # jit_scope marks the ops it creates with this attribute (a callable
+    # decides op by op: then nothing is known here).
+    compile_ops = graph._attr_scope_map.get("_XlaCompile")
+    return getattr(compile_ops, "b", False) is True
 
 
-def batch_norm_training_composed(x, gamma, beta, epsilon, axes, shape):
-    """Returns `(outputs, mean, variance)` as `batch_norm_training` does, for
-    any rank: statistics over `axes` of `x`, `gamma` and `beta` reshaped to
-    `shape`. The forward pass is the shifted-data formula; the backward pass
-    is batch normalization's closed-form gradient
+def batch_norm_training_composed(x, gamma, beta, epsilon, axes, shape, mask=None):
+    """Returns `(outputs, mean, variance, count)` as `batch_norm_training`
+    does, for any rank: statistics over `axes` of `x`, `gamma` and `beta`
+    reshaped to `shape`; with a boolean `mask` (broadcastable to `x`, of
+    `x`'s shape along `axes`), statistics of the elements where it is True
+    (every element is normalized with them). An empty selection has mean 0
+    and variance 0 (see `shifted_moments`), and `count` 0. The forward pass
+    is the shifted-data formula; the backward pass is batch normalization's
+    closed-form gradient
 
         dx = gamma / std * (dy - mean(dy) - x_hat * mean(dy * x_hat))
 
     (the same arithmetic the fused kernel's gradient does), instead of the
     chain rule through every elementwise op of the forward pass. The mean
     and variance carry no gradient: they only feed the moving statistics.
+    With a mask, the means are over the n selected elements, the sums in
+    them over all elements (every output depends on the statistics), and
+    the two terms after dy vanish where the mask is False (those elements
+    do not enter the statistics): sum(dy) / n and x_hat * sum(dy * x_hat) / n
+    with the selection's x_hat.
 
     Both passes are written as per-channel affine maps of the shifted input
     `deviation` = x - shift (and of dy): outputs = a * deviation + c and
@@ -84,14 +111,14 @@ def batch_norm_training_composed(x, gamma, beta, epsilon, axes, shape):
 
     @tf.custom_gradient
     def normalize(x, gamma, beta):
-        shift, deviation, residual, variance = shifted_moments(x, axes)
+        count, shift, deviation, residual, variance = shifted_moments(x, axes, mask)
         inverse_std = tf.math.rsqrt(variance + epsilon)
         scale = tf.reshape(gamma, shape) * inverse_std
         outputs = deviation * scale + (tf.reshape(beta, shape) - residual * scale)
+        divisor = tf.maximum(count, 1.0)
 
-        def gradient(d_outputs, d_mean, d_variance):
-            del d_mean, d_variance
-            count = tf.cast(tf.size(x) // tf.size(gamma), x.dtype)
+        def gradient(d_outputs, d_mean, d_variance, d_count):
+            del d_mean, d_variance, d_count
             d_beta = tf.reduce_sum(d_outputs, axes, keepdims=True)
             # sum(dy * x_hat), with x_hat = (deviation - residual) / std.
             d_gamma = inverse_std * (
@@ -99,11 +126,17 @@ def batch_norm_training_composed(x, gamma, beta, epsilon, axes, shape):
             )
             # dx = scale * (dy - d_beta / n - x_hat * d_gamma / n)
             #    = scale * dy + b * (deviation - residual) - scale * d_beta / n
-            b = -scale * inverse_std * d_gamma / count
-            d_x = d_outputs * scale + deviation * b - (scale * d_beta / count + b * residual)
+            b = -scale * inverse_std * d_gamma / divisor
+            d_statistics = deviation * b - (scale * d_beta / divisor + b * residual)
+            d_x = d_outputs * scale + selected_only(d_statistics, mask)
             return d_x, tf.reshape(d_gamma, [-1]), tf.reshape(d_beta, [-1])
 
         mean = tf.reshape(shift + residual, [-1])
-        return (outputs, mean, tf.reshape(variance, [-1])), gradient
+        return (outputs, mean, tf.reshape(variance, [-1]), tf.reshape(count, [-1])), gradient
 
     return normalize(x, gamma, beta)
+
+
+def selected_only(value, mask):
+    """`value` where `mask` is True and 0 elsewhere; `value` if there is no mask."""
+    return value if mask is None else tf.where(mask, value, tf.zeros([], value.dtype))

@@ -1,5 +1,7 @@
 """Helpers shared by the normalization layers: dtypes, axes and moments."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -53,58 +55,62 @@ def broadcast_shape(input_shape, kept_axes):
     return [input_shape[a] if a in kept_axes else 1 for a in range(len(input_shape))]
 
 
-def shifted_moments(x, axes):
-    """Moments of `x` over `axes` (keepdims) by the shifted-data algorithm.
+def shifted_moments(x, axes, mask=None):
+    """Moments of `x` over `axes` (keepdims) by the shifted-data algorithm;
+    with a boolean `mask` (broadcastable to `x`, of `x`'s shape along
+    `axes`), of the elements where it is True only.
 
-    Returns `(shift, deviation, residual, variance)`: `shift` is one element
-    of `x` per output position (the first along `axes`, no gradient),
-    `deviation` = x - shift, `residual` = mean(deviation), so that the mean is
-    shift + residual, and the biased variance mean(deviation^2) - residual^2.
+    Returns `(count, shift, deviation, residual, variance)`: `count` is the
+    number of elements reduced (a scalar without a mask, per output position
+    with one), `shift` an estimate of the mean (no gradient), `deviation` =
+    x - shift, `residual` the mean of the deviations of the selected
+    elements, so that the mean is shift + residual, and the biased variance
+    mean(deviation^2) - residual^2. An empty selection (an empty batch, or
+    everything masked) has mean 0 and variance 0, as Keras' masked moments
+    give; `count` tells it apart.
 
     Summing raw values (E[x^2] - E[x]^2) cancels catastrophically when
     |mean| >> std, and even a two-pass variance inherits the rounding of a
-    float32 mean of large values (one ulp of 1e4 is 1e-3). Deviations from
-    an element of the data are of the order of the std, so their sums stay
-    accurate, and no term of the size of |mean| is ever rounded. The
-    gradient is exact: d mean/dx = 1/n and d variance/dx = 2 (x - mean)/n.
+    float32 mean of large values (one ulp of 1e4 is 1e-3). Deviations from a
+    shift close to the mean are of the order of the std, so their sums stay
+    accurate, and no term of the size of |mean| is ever rounded. Without a
+    mask the shift is the first element along `axes` (no pass over the
+    data); with one it is the plain masked mean, whose float32 rounding only
+    makes the residual a little larger than the std at worst. The gradient
+    is exact: d mean/dx = 1/n and d variance/dx = 2 (x - mean)/n on the
+    selected elements, 0 elsewhere.
     """
-    first = tuple(slice(0, 1) if a in axes else slice(None) for a in range(len(x.shape)))
-    # The mean of a single element is that element; it also gives an empty
-    # batch a shift of the statistics' shape (NaN) instead of an empty one.
-    shift = ops.stop_gradient(ops.mean(x[first], axis=axes, keepdims=True))
-    deviation = x - shift
-    residual = ops.mean(deviation, axis=axes, keepdims=True)
-    mean_square = ops.mean(ops.square(deviation), axis=axes, keepdims=True)
+    if mask is None:
+        shape = ops.shape(x)
+        count = ops.cast(math.prod(shape[a] for a in axes), x.dtype)
+        first = tuple(slice(0, 1) if a in axes else slice(None) for a in range(len(x.shape)))
+        # The sum of a single element is that element, and an empty batch gets
+        # a shift of the statistics' shape (0) instead of an empty one.
+        shift = ops.stop_gradient(ops.sum(x[first], axis=axes, keepdims=True))
+        deviation = selected = x - shift
+        divisor = ops.maximum(count, 1.0)
+    else:
+        count = ops.sum(ops.cast(mask, x.dtype), axis=axes, keepdims=True)
+        divisor = ops.maximum(count, 1.0)
+        # `where`, not a product: a masked inf or NaN must not reach the sums.
+        shift = ops.stop_gradient(
+            ops.sum(ops.where(mask, x, 0.0), axis=axes, keepdims=True) / divisor
+        )
+        deviation = x - shift
+        selected = ops.where(mask, deviation, 0.0)
+    residual = ops.sum(selected, axis=axes, keepdims=True) / divisor
+    mean_square = ops.sum(ops.square(selected), axis=axes, keepdims=True) / divisor
     variance = ops.maximum(mean_square - ops.square(residual), 0.0)
-    return shift, deviation, residual, variance
+    return count, shift, deviation, residual, variance
 
 
-def moments(x, axes):
+def moments(x, axes, mask=None):
     """`(mean, variance, centered)` of `x` over `axes` (keepdims), where
-    `centered` = x - mean, computed without rounding `mean` first; see
-    `shifted_moments`."""
-    shift, deviation, residual, variance = shifted_moments(x, axes)
-    return shift + residual, variance, deviation - residual
-
-
-def masked_moments(x, axes, counted):
-    """`(mean, variance, centered)` like `moments`, taken over only the
-    elements where the boolean `counted` (broadcastable to `x`) is True;
-    every group of elements reduced together must hold at least one.
-
-    Elements left out never enter a sum, whatever values they hold. The
-    shift is the mean of the counted elements, so that it lies near the data
-    however far off the excluded elements are; its rounding is corrected by
-    the residual as in `shifted_moments`.
-    """
-    counted = ops.broadcast_to(counted, ops.shape(x))
-    count = ops.sum(ops.cast(counted, x.dtype), axis=axes, keepdims=True)
-
-    def average(values):
-        return ops.sum(ops.where(counted, values, 0.0), axis=axes, keepdims=True) / count
-
-    shift = ops.stop_gradient(average(x))
-    deviation = x - shift
-    residual = average(deviation)
-    variance = ops.maximum(average(ops.square(deviation)) - ops.square(residual), 0.0)
+    `centered` = x - mean, computed without rounding `mean` first; with a
+    boolean `mask` (broadcastable to `x`), of the elements where it is True
+    only (masked values, however large or non-finite, never enter a sum).
+    See `shifted_moments`."""
+    if mask is not None:
+        mask = ops.broadcast_to(mask, ops.shape(x))
+    _, shift, deviation, residual, variance = shifted_moments(x, axes, mask)
     return shift + residual, variance, deviation - residual

@@ -1,5 +1,9 @@
 """Batch normalization that gets fine-tuning and distribution right."""
 
+import math
+import numbers
+from collections.abc import Mapping
+
 import keras
 from keras import initializers, ops
 
@@ -11,10 +15,18 @@ from normzoo.layers._statistics import (
     statistics_dtype,
 )
 
+_RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
+
 
 @keras.saving.register_keras_serializable(package="normzoo")
 class BatchNorm(AffineNormalization):
-    """Batch normalization (Ioffe & Szegedy, 2015).
+    """Batch normalization (Ioffe & Szegedy, 2015), with Batch
+    Renormalization (Ioffe, 2017) as an option.
+
+    A drop-in replacement for `keras.layers.BatchNormalization`: the same
+    arguments (in the same order), variables, masking, renorm and numbers,
+    and `BatchNorm(**keras_layer.get_config())` builds the equivalent layer;
+    plus `frozen_stats` and the differences listed below.
 
     Normalizes each feature (each channel of an image tensor) with statistics
     taken over every other axis:
@@ -31,34 +43,67 @@ class BatchNorm(AffineNormalization):
     In inference the moving statistics are used, so a sample's output does not
     depend on the rest of its batch.
 
+    Masking (as Keras): in training, a `mask` selects the values that enter
+    the batch statistics; every value, masked or not, is normalized with
+    them, and the mask is passed on to the next layer unchanged. In
+    inference the mask changes nothing. A batch, shard or channel without
+    any selected value (an empty batch, or everything masked) has mean 0 and
+    variance 0, and leaves every moving statistic unchanged (Keras moves
+    them towards 0 and 0).
+
+    Batch Renormalization (`renorm=True`): in training, the batch-normalized
+    value is corrected towards what the moving statistics of the recent
+    batches would give,
+
+        y = gamma * ((x - mean) / stddev * r + d) + beta,
+        stddev = sqrt(variance + epsilon),
+        r = clip(stddev / renorm_stddev, rmin, rmax),
+        d = clip((mean - renorm_mean) / renorm_stddev, -dmax, dmax),
+
+    where r and d carry no gradient and `renorm_stddev` is at least
+    sqrt(epsilon). Then `renorm_mean` and `renorm_stddev` follow the batch's
+    mean and stddev with `renorm_momentum`; `moving_mean` and
+    `moving_stddev` follow them with `momentum`, and
+    `moving_variance = max(moving_stddev^2 - epsilon, 0)`. Inference is the
+    same as without renorm (the moving mean and variance). The variables,
+    their initial values (the stddevs start at the square root of
+    `moving_variance_initializer`'s values) and their order in
+    `layer.weights` are Keras', so a Keras renorm layer's weights load
+    (`set_weights`; for `.weights.h5` files, which Keras keys by class name,
+    build the model with `normzoo.layers.BatchNormalization`).
+
     Differences from `keras.layers.BatchNormalization` that a user may rely on:
 
     - `frozen_stats=True` is the fine-tuning mode: the moving statistics are
       used even when `training=True` and never change, while gamma and beta
       keep learning (their gradient is that of the fixed affine map). This is
       what a pretrained network wants when fine-tuned on small or
-      single-class batches.
+      single-class batches. With `renorm=True` it is the same: inference's
+      normalization, and none of the five statistics changes.
     - The batch statistics are computed from deviations from one element of
-      the batch (no E[x^2] - E[x]^2 cancellation, no rounding of a large
-      mean), so the variance is accurate when |mean| >> std and never
-      negative.
-    - Training uses TensorFlow's fused kernel for 4-D input; for other
-      ranks, inside a function compiled whole by XLA (`jit_compile=True`)
-      and when synchronized, the formula with its closed-form gradient
-      (which XLA fuses better than its own batch-norm op, and which a
-      synchronized layer gets with one collective each way).
+      the batch (with a mask, from the masked mean), so the variance is
+      accurate when |mean| >> std and never negative.
+    - Training uses TensorFlow's fused kernel for 4-D input without a mask;
+      for other ranks, with a mask, inside a function compiled whole by XLA
+      (`jit_compile=True`) and when synchronized, the formula with its
+      closed-form gradient (which XLA fuses better than its own batch-norm
+      op, and which a synchronized layer gets with one collective each way).
     - A channel whose batch mean or variance is not finite leaves its moving
-      statistics unchanged.
+      statistics unchanged (and, with renorm, is not corrected).
     - A training batch of one example is normalized over its spatial
       positions (an image), which is well defined. With one value per
       channel (a dense input, or a 1x1 image) the variance is 0: the output
       is `beta`, the gradients are finite (zero for the input and gamma) and
       the moving variance decays towards 0. Use `frozen_stats=True` or
       `LayerNorm` to train on such batches.
+    - An empty batch (a replica's empty shard of a global batch that does
+      not divide evenly) trains: the gradients of gamma and beta are 0 and
+      the statistics unchanged (Keras gives gamma a NaN gradient).
     - `synchronized=True` gathers the global batch's statistics with a single
       collective per call (Keras uses three all-reduces) and one all-reduce
       in the backward pass, exact also when replicas hold batches of
-      different sizes.
+      different sizes, and also with a mask (Keras then uses each replica's
+      own statistics).
     - Under a distribution strategy the moving statistics are kept per replica
       and aggregated by mean on read: what is read in cross-replica code, and
       so what checkpoints and weight files hold, is the average over replicas
@@ -66,26 +111,44 @@ class BatchNorm(AffineNormalization):
     - Under a float16/bfloat16 (mixed) precision policy the statistics, gamma
       and beta are float32 variables and the arithmetic is float32; the output
       is in the layer's compute dtype.
+    - Arguments Keras accepts without complaint but that cannot work are
+      refused: `momentum` or `renorm_momentum` outside [0, 1], `epsilon` <= 0,
+      a fractional `axis` (Keras truncates it), input of rank 1 (there is no
+      batch axis to take statistics over), and a mask that does not
+      broadcast to the input (a ValueError where Keras fails in TensorFlow).
 
     Args:
         axis: Integer, the feature axis: -1 for channels-last (NHWC) input,
             1 for channels-first (NCHW).
-        momentum: Momentum of the moving averages.
-        epsilon: Small float added to the variance to avoid dividing by zero.
+        momentum: Momentum of the moving averages, in [0, 1].
+        epsilon: Small positive float added to the variance to avoid
+            dividing by zero.
         center: If True, add the learned offset `beta`.
         scale: If True, multiply by the learned scale `gamma`.
+        beta_initializer, gamma_initializer: Initializers of beta and gamma.
+        moving_mean_initializer, moving_variance_initializer: Initializers of
+            the moving statistics (with renorm, also of `renorm_mean`, and,
+            square-rooted, of `moving_stddev` and `renorm_stddev`).
+        beta_regularizer, gamma_regularizer: Optional regularizers.
+        beta_constraint, gamma_constraint: Optional constraints.
+        renorm: If True, use Batch Renormalization (above). Adds the
+            non-trainable variables `moving_stddev`, `renorm_mean` and
+            `renorm_stddev`.
+        renorm_clipping: With `renorm`, a dict with optional keys "rmax",
+            "rmin" and "dmax" (numbers, rmin <= rmax, dmax >= 0) that clip r
+            to [rmin, rmax] and d to [-dmax, dmax]; a missing key does not
+            clip. None is the same as {}.
+        renorm_momentum: With `renorm`, the momentum of `renorm_mean` and
+            `renorm_stddev`, in [0, 1]. Unlike `momentum` it affects training:
+            too small adds noise, too large makes r and d stale.
         synchronized: If True, under a `tf.distribute` strategy with several
             replicas, normalize with the statistics of the global batch.
             Without a strategy this is ordinary batch normalization.
+            TensorFlow backend only.
         frozen_stats: If True, always normalize with the moving statistics and
             never update them, in training too. May be changed after
             construction; as with `trainable`, call `model.compile()` again
             afterwards so that Keras retraces its training function.
-        beta_initializer, gamma_initializer: Initializers of beta and gamma.
-        moving_mean_initializer, moving_variance_initializer: Initializers of
-            the moving statistics.
-        beta_regularizer, gamma_regularizer: Optional regularizers.
-        beta_constraint, gamma_constraint: Optional constraints.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -93,14 +156,21 @@ class BatchNorm(AffineNormalization):
         training: Python boolean. True uses and updates batch statistics
             (unless `frozen_stats` is set or the layer is not trainable);
             False or None uses the moving statistics.
+        mask: Optional boolean (or 0/1) tensor of the input's shape without
+            its last axis, or of a shape that broadcasts to that (Keras' rule:
+            the mask is expanded on the last axis); True where a value enters
+            the batch statistics. Keras passes it automatically from a
+            masking layer such as `Embedding(mask_zero=True)` or `Masking`.
 
     About setting `layer.trainable = False`: as in Keras, the layer then runs
     in inference mode whatever `training` says, and neither gamma, beta nor
     the moving statistics change.
 
-    Reference:
+    References:
         Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network
         Training by Reducing Internal Covariate Shift", ICML 2015.
+        Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence
+        in Batch-Normalized Models", NeurIPS 2017.
     """
 
     def __init__(
@@ -110,8 +180,6 @@ class BatchNorm(AffineNormalization):
         epsilon=1e-3,
         center=True,
         scale=True,
-        synchronized=False,
-        frozen_stats=False,
         beta_initializer="zeros",
         gamma_initializer="ones",
         moving_mean_initializer="zeros",
@@ -120,10 +188,15 @@ class BatchNorm(AffineNormalization):
         gamma_regularizer=None,
         beta_constraint=None,
         gamma_constraint=None,
+        renorm=False,
+        renorm_clipping=None,
+        renorm_momentum=0.99,
+        synchronized=False,
+        frozen_stats=False,
         **kwargs,
     ):
         super().__init__(
-            epsilon=epsilon,
+            epsilon=_number(epsilon, "epsilon"),
             center=center,
             scale=scale,
             beta_initializer=beta_initializer,
@@ -134,27 +207,38 @@ class BatchNorm(AffineNormalization):
             gamma_constraint=gamma_constraint,
             **kwargs,
         )
-        if not isinstance(axis, int):
-            raise TypeError(f"`axis` must be an int (the feature axis); got {axis!r}.")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"`momentum` must be in [0, 1]; got {momentum}.")
-        self.axis = axis
-        self.momentum = float(momentum)
+        if synchronized and keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "`synchronized=True` needs the TensorFlow backend (it uses "
+                f"tf.distribute); the Keras backend is {keras.backend.backend()!r}. "
+                "Use synchronized=False, or set KERAS_BACKEND=tensorflow."
+            )
+        self.axis = _feature_axis(axis)
+        self.momentum = _momentum(momentum, "momentum")
+        self.renorm = renorm
+        # As Keras: validated and defaulted to {} only with renorm.
+        self.renorm_clipping = _renorm_clipping(renorm_clipping) if renorm else renorm_clipping
+        self.renorm_momentum = _momentum(renorm_momentum, "renorm_momentum")
         self.synchronized = synchronized
         self.frozen_stats = frozen_stats
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
+        self.supports_masking = True
 
     def build(self, input_shape):
         ndim = len(input_shape)
         if ndim < 2:
-            raise ValueError(f"BatchNorm needs an input of rank >= 2; got shape {input_shape}.")
+            raise ValueError(
+                f"BatchNorm needs an input of rank >= 2 (a batch axis and a feature axis); "
+                f"got shape {input_shape}. Add a batch axis, e.g. x[None]."
+            )
         (feature_axis,) = normalize_axes(self.axis, ndim)
         channels = input_shape[feature_axis]
         if channels is None:
             raise ValueError(
                 f"The feature axis {self.axis} of input shape {input_shape} must be known."
             )
+        self._feature_axis = feature_axis
         self._reduction_axes = [a for a in range(ndim) if a != feature_axis]
         self._broadcast_shape = broadcast_shape(input_shape, (feature_axis,))
         # The fused kernel serves 4-D channels-last or channels-first input.
@@ -162,10 +246,28 @@ class BatchNorm(AffineNormalization):
         dtype = statistics_dtype(self.variable_dtype)
         shape = (channels,)
         self.build_affine(shape, dtype)
-        self.moving_mean = self._add_statistic("moving_mean", shape, dtype, self.moving_mean_initializer)
+        self.moving_mean = self._add_statistic(
+            "moving_mean", shape, dtype, self.moving_mean_initializer
+        )
         self.moving_variance = self._add_statistic(
             "moving_variance", shape, dtype, self.moving_variance_initializer
         )
+        if self.renorm:
+            # Keras' names, order and initial values, so its weight files load.
+            variance_initializer = self.moving_variance_initializer
+
+            def stddev_initializer(shape, dtype=None):
+                return ops.sqrt(variance_initializer(shape, dtype=dtype))
+
+            self.moving_stddev = self._add_statistic(
+                "moving_stddev", shape, dtype, stddev_initializer
+            )
+            self.renorm_mean = self._add_statistic(
+                "renorm_mean", shape, dtype, self.moving_mean_initializer
+            )
+            self.renorm_stddev = self._add_statistic(
+                "renorm_stddev", shape, dtype, stddev_initializer
+            )
         self.input_spec = keras.InputSpec(ndim=ndim, axes={feature_axis: channels})
 
     def _add_statistic(self, name, shape, dtype, initializer):
@@ -189,26 +291,88 @@ class BatchNorm(AffineNormalization):
     def _reshape(self, statistic):
         return ops.reshape(statistic, self._broadcast_shape)
 
-    def _train_forward(self, x):
+    def _statistics_mask(self, mask, x):
+        """Keras' mask as a boolean of x's rank: expanded on the last axis and
+        broadcast along every reduction axis (along the feature axis only if
+        it varies there), so that summing it counts the selected values."""
+        mask = ops.expand_dims(ops.cast(mask, "bool"), -1)
+        dynamic_shape = ops.shape(x)
+        shape = []
+        for a, (mask_size, size) in enumerate(zip(mask.shape, x.shape)):
+            if mask_size not in (1, size) and None not in (mask_size, size):
+                raise ValueError(
+                    f"The mask of shape {tuple(mask.shape[:-1])} does not broadcast to the "
+                    f"input of shape {tuple(x.shape)}: it must have the input's shape without "
+                    "its last axis, or 1 on an axis to broadcast along it."
+                )
+            shape.append(1 if a == self._feature_axis and mask_size == 1 else dynamic_shape[a])
+        return ops.broadcast_to(mask, shape)
+
+    def _kernel_scale_and_offset(self, dtype):
+        # With renorm the correction needs the batch's statistics, which the
+        # kernels compute: they only standardize, and r, d, gamma and beta
+        # follow.
+        scale = self.gamma if self.scale and not self.renorm else None
+        offset = self.beta if self.center and not self.renorm else None
+        if scale is None:
+            scale = ops.ones(self.moving_mean.shape, dtype)
+        if offset is None:
+            offset = ops.zeros(self.moving_mean.shape, dtype)
+        return scale, offset
+
+    def _train_forward(self, x, mask):
         """Normalizes with the batch's statistics and updates the moving ones."""
         context = _distributed_moments.sync_replica_context() if self.synchronized else None
-        ones = ops.ones(self.moving_mean.shape, x.dtype)
-        gamma = self.gamma if self.scale else ones
-        beta = self.beta if self.center else ops.zeros_like(ones)
+        if mask is not None:
+            mask = self._statistics_mask(mask, x)
+        gamma, beta = self._kernel_scale_and_offset(x.dtype)
         if context is not None:
-            outputs, mean, variance = _distributed_moments.batch_norm_training(
-                x, gamma, beta, self.epsilon, self._reduction_axes, self._broadcast_shape, context
+            outputs, mean, variance, count = _distributed_moments.batch_norm_training(
+                x,
+                gamma,
+                beta,
+                self.epsilon,
+                self._reduction_axes,
+                self._broadcast_shape,
+                context,
+                mask,
             )
-        elif self._fused_data_format and not _fused.in_xla_context():
-            outputs, mean, variance = _fused.batch_norm_training(
+        elif self._fused_data_format and mask is None and not _fused.in_xla_context():
+            outputs, mean, variance, count = _fused.batch_norm_training(
                 x, gamma, beta, self.epsilon, self._fused_data_format
             )
         else:
-            outputs, mean, variance = _fused.batch_norm_training_composed(
-                x, gamma, beta, self.epsilon, self._reduction_axes, self._broadcast_shape
+            outputs, mean, variance, count = _fused.batch_norm_training_composed(
+                x, gamma, beta, self.epsilon, self._reduction_axes, self._broadcast_shape, mask
             )
-        self._update_moving_statistics(mean, variance)
+        finite = ops.logical_and(ops.isfinite(mean), ops.isfinite(variance))
+        if self.renorm:
+            outputs = self._renormalize(outputs, mean, variance, finite)
+        self._update_moving_statistics(mean, variance, ops.logical_and(finite, count > 0))
         return outputs
+
+    def _renormalize(self, standardized, mean, variance, finite):
+        """gamma * (standardized * r + d) + beta, with Keras' r and d."""
+        # The renorm statistics as they were before this batch's update.
+        renorm_stddev = ops.maximum(self.renorm_stddev, math.sqrt(self.epsilon))
+        r = ops.sqrt(variance + self.epsilon) / renorm_stddev
+        d = (mean - self.renorm_mean) / renorm_stddev
+        clipping = {key: value for key, value in self.renorm_clipping.items() if value is not None}
+        if "rmin" in clipping:
+            r = ops.maximum(r, float(clipping["rmin"]))
+        if "rmax" in clipping:
+            r = ops.minimum(r, float(clipping["rmax"]))
+        if "dmax" in clipping:
+            d = ops.clip(d, -float(clipping["dmax"]), float(clipping["dmax"]))
+        # A channel without finite statistics (an empty batch) is left
+        # uncorrected: its r and d would turn the zero gradients of gamma and
+        # beta into NaN.
+        r = ops.stop_gradient(ops.where(finite, r, 1.0))
+        d = ops.stop_gradient(ops.where(finite, d, 0.0))
+        scale, offset = (r * self.gamma, d * self.gamma) if self.scale else (r, d)
+        if self.center:
+            offset = offset + self.beta
+        return standardized * self._reshape(scale) + self._reshape(offset)
 
     def _scale_and_offset(self, centered, variance):
         # centered * scale, not x * scale - mean * scale: the latter loses
@@ -221,18 +385,38 @@ class BatchNorm(AffineNormalization):
             outputs = outputs + self._reshape(self.beta)
         return outputs
 
-    def _update_moving_statistics(self, mean, variance):
-        mean = ops.reshape(mean, (-1,))
-        variance = ops.reshape(variance, (-1,))
-        finite = ops.logical_and(ops.isfinite(mean), ops.isfinite(variance))
-        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-            updated = moving * self.momentum + ops.stop_gradient(batch) * (1.0 - self.momentum)
-            moving.assign(ops.where(finite, updated, moving))
+    def _update_moving_statistics(self, mean, variance, observed):
+        """Moves the statistics towards the batch's, in the channels where
+        `observed` (the batch had values there, and finite statistics)."""
 
-    def call(self, inputs, training=None):
+        def follow(statistic, batch, momentum):
+            updated = statistic * momentum + ops.stop_gradient(batch) * (1.0 - momentum)
+            updated = ops.where(observed, updated, statistic)
+            statistic.assign(updated)
+            return updated
+
+        if not self.renorm:
+            follow(self.moving_mean, mean, self.momentum)
+            follow(self.moving_variance, variance, self.momentum)
+            return
+        stddev = ops.sqrt(variance + self.epsilon)
+        follow(self.renorm_mean, mean, self.renorm_momentum)
+        follow(self.renorm_stddev, stddev, self.renorm_momentum)
+        follow(self.moving_mean, mean, self.momentum)
+        moving_stddev = follow(self.moving_stddev, stddev, self.momentum)
+        moving_variance = ops.relu(ops.square(moving_stddev) - self.epsilon)
+        self.moving_variance.assign(ops.where(observed, moving_variance, self.moving_variance))
+
+    def call(self, inputs, training=None, mask=None):
+        if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
+            raise ValueError(
+                f"The mask must have one axis less than the inputs (their shape without "
+                f"the last axis); got mask.shape={tuple(mask.shape)} for "
+                f"inputs.shape={tuple(inputs.shape)}."
+            )
         x = ops.cast(inputs, self.moving_mean.dtype)
         if training and self.trainable and not self.frozen_stats:
-            outputs = self._train_forward(x)
+            outputs = self._train_forward(x, mask)
         else:
             outputs = self._scale_and_offset(
                 x - self._reshape(self.moving_mean), self._reshape(self.moving_variance)
@@ -246,11 +430,101 @@ class BatchNorm(AffineNormalization):
         config = {
             "axis": self.axis,
             "momentum": self.momentum,
-            "synchronized": self.synchronized,
-            "frozen_stats": self.frozen_stats,
             "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
             "moving_variance_initializer": initializers.serialize(
                 self.moving_variance_initializer
             ),
+            "renorm": self.renorm,
+            "renorm_clipping": self.renorm_clipping,
+            "renorm_momentum": self.renorm_momentum,
+            "synchronized": self.synchronized,
+            "frozen_stats": self.frozen_stats,
         }
         return {**super().get_config(), **config}
+
+
+
+@keras.saving.register_keras_serializable(package="normzoo")
+class BatchNormalization(BatchNorm):
+    """`BatchNorm` under Keras' class name, for weight files.
+
+    Keras' `.weights.h5` format files each layer's variables under a key
+    made from its class name ("batch_normalization", "batch_normalization_1",
+    ... in model order), not its `name`: a file saved from a model with
+    `keras.layers.BatchNormalization` has no "batch_norm" entries, and
+    `load_weights` into the same model built with `BatchNorm` fails. Built
+    with this class instead, the model reads (and writes) Keras' keys, so
+    such files load both ways. The layer is `BatchNorm` in every other
+    respect; models of normzoo's zoo use `BatchNorm`, and their files keep
+    its keys.
+    """
+
+
+def _number(value, argument):
+    """`float(value)`, raising what `float` raises (as Keras, which converts
+    its float arguments so) with a message naming the argument."""
+    try:
+        return float(value)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"`{argument}` must be a number; got {value!r}.") from None
+
+
+def _momentum(value, argument):
+    momentum = _number(value, argument)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(
+            f"`{argument}` must be in [0, 1] (the weight of the old value in each "
+            f"update, e.g. 0.99); got {value!r}."
+        )
+    return momentum
+
+
+def _feature_axis(axis):
+    """`int(axis)`, raising what `int` raises (as Keras), and a TypeError for
+    a fractional number, which Keras would truncate."""
+    message = (
+        "`axis` must be one integer, the feature axis (-1 for channels-last "
+        f"input, 1 for channels-first); got {axis!r}."
+    )
+    try:
+        integer = int(axis)
+    except (TypeError, ValueError) as error:
+        raise type(error)(message) from None
+    if isinstance(axis, numbers.Real) and integer != axis:
+        raise TypeError(message)
+    return integer
+
+
+def _renorm_clipping(clipping):
+    """Validates `renorm_clipping` as Keras does (a ValueError for an
+    unknown key, rmax < rmin or dmax < 0) and returns a copy of it."""
+    clipping = {} if clipping is None else clipping
+    if not isinstance(clipping, Mapping):
+        raise TypeError(
+            "`renorm_clipping` must be a dict with optional keys 'rmax', 'rmin' and "
+            f"'dmax'; got {clipping!r}."
+        )
+    unknown = sorted(set(clipping) - set(_RENORM_CLIPPING_KEYS), key=str)
+    if unknown:
+        raise ValueError(
+            f"`renorm_clipping` has unknown key(s) {unknown}; the keys are 'rmax', "
+            f"'rmin' and 'dmax'. Got {dict(clipping)!r}."
+        )
+    for key, value in clipping.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise TypeError(
+                f"`renorm_clipping['{key}']` must be a number (or None for no clipping); "
+                f"got {value!r}."
+            )
+    rmax, rmin, dmax = (clipping.get(key) for key in _RENORM_CLIPPING_KEYS)
+    if rmax is not None and rmin is not None and rmax < rmin:
+        raise ValueError(
+            f"`renorm_clipping` must have rmin <= rmax (r is clipped to [rmin, rmax]); "
+            f"got rmin={rmin}, rmax={rmax}."
+        )
+    if dmax is not None and dmax < 0:
+        raise ValueError(
+            f"`renorm_clipping['dmax']` must be >= 0 (d is clipped to [-dmax, dmax]); "
+            f"got {dmax}."
+        )
+    return dict(clipping)

@@ -9,7 +9,6 @@ from keras import ops
 
 from normzoo.layers._affine import AffineNormalization
 from normzoo.layers._statistics import (
-    masked_moments,
     moments,
     normalize_axes,
     statistics_dtype,
@@ -116,7 +115,6 @@ class LayerNorm(AffineNormalization):
         Ba, Kiros & Hinton, "Layer Normalization", arXiv:1607.06450, 2016.
     """
 
-    _KERAS_KEYS = ("layer_norm", "layer_normalization")
 
     def __init__(
         self,
@@ -185,10 +183,7 @@ class LayerNorm(AffineNormalization):
         dtype = keras.backend.result_type(inputs.dtype, self._statistics_dtype)
         x = ops.cast(inputs, dtype)
         counted = _counted_elements(mask, inputs, axes)
-        if counted is None:
-            _, variance, centered = moments(x, axes)
-        else:
-            _, variance, centered = masked_moments(x, axes, counted)
+        _, variance, centered = moments(x, axes, counted)
         # Keras' rms_scaling divides the input itself, uncentered.
         outputs = (x if self.rms_scaling else centered) * ops.rsqrt(variance + self.epsilon)
         if self.gamma is not None:
@@ -292,3 +287,19 @@ def _counted_elements(mask, inputs, axes):
     counted = ops.broadcast_to(counted, ops.shape(inputs))
     nothing_counted = ops.logical_not(ops.any(counted, axis=axes, keepdims=True))
     return ops.logical_or(counted, nothing_counted)
+
+
+@keras.saving.register_keras_serializable(package="normzoo")
+class LayerNormalization(LayerNorm):
+    """`LayerNorm` under Keras' class name, for weight files.
+
+    Keras' `.weights.h5` format files each layer's variables under a key
+    made from its class name ("layer_normalization", "layer_normalization_1",
+    ... in model order), not its `name`: a file saved from a model with
+    `keras.layers.LayerNormalization` has no "layer_norm" entries, and
+    `load_weights` into the same model built with `LayerNorm` fails. Built
+    with this class instead, the model reads (and writes) Keras' keys, so
+    such files load both ways. The layer is `LayerNorm` in every other
+    respect; models of normzoo's zoo use `LayerNorm`, and their files keep
+    its keys.
+    """

@@ -553,3 +553,40 @@ def test_a_training_batch_of_one_example_follows_the_formula_without_nan(shape, 
         0.9 * before[layer.moving_variance.path] + 0.1 * variance,
         rtol=1e-5,
     )
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager", "xla"])
+@pytest.mark.parametrize(
+    "shape, kwargs, masked",
+    [
+        ((0, 3, 3, 4), {}, False),
+        ((0, 4), {}, False),
+        ((0, 5, 4), {}, True),
+        ((0, 3, 3, 4), {"renorm": True, "renorm_clipping": {"rmax": 2.0, "dmax": 1.0}}, False),
+    ],
+    ids=["fused", "composed", "masked", "renorm"],
+)
+def test_an_empty_batch_trains_with_zero_gradients_and_changes_no_statistic(
+    shape, kwargs, masked, jit_compile
+):
+    """What a replica computes on its empty shard (a global batch smaller
+    than the number of replicas): an empty output, zero gradients for gamma
+    and beta (0 * NaN would poison the other replicas' sum), and no moving
+    statistic moves."""
+    layer = built_layer((None, *shape[1:]), **kwargs)
+    before = variable_values(layer)
+    mask = tf.zeros(shape[:-1], tf.bool) if masked else None
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x):
+        with tf.GradientTape() as tape:
+            outputs = layer(x, training=True, mask=mask)
+            loss = tf.reduce_sum(outputs)
+        return outputs, tape.gradient(loss, [layer.gamma, layer.beta])
+
+    outputs, gradients = step(tf.zeros(shape))
+    assert outputs.shape == shape
+    for gradient in gradients:
+        np.testing.assert_array_equal(gradient, np.zeros(shape[-1]))
+    for path, value in variable_values(layer).items():
+        np.testing.assert_array_equal(value, before[path], err_msg=path)

@@ -538,3 +538,212 @@ def test_statistics_restored_in_strategy_scope_are_equal_on_every_replica(
         np.testing.assert_allclose(
             outputs[0], numpy_normalize(probe, -1, *average), atol=TOLERANCE
         )
+
+
+# --- layer-level steps: masks, renorm and empty shards -------------------------
+
+
+def randomized_layer(strategy, input_shape, seed=80, **kwargs):
+    """A built BatchNorm (in the strategy's scope) whose every variable,
+    renorm statistics included, holds random values (positive where they
+    must be)."""
+    with strategy.scope():
+        layer = BatchNorm(momentum=MOMENTUM, epsilon=EPSILON, **kwargs)
+        layer.build(input_shape)
+    rng = np.random.default_rng(seed)
+    for variable in layer.variables:
+        positive = "variance" in variable.path or "stddev" in variable.path or "gamma" in variable.path
+        low, high = (0.5, 2.0) if positive else (-1.0, 1.0)
+        variable.assign(rng.uniform(low, high, variable.shape).astype(np.float32))
+    return layer
+
+
+def statistics_of(layer):
+    return {v.path.split("/")[-1]: v for v in layer.non_trainable_variables}
+
+
+def layer_training_step(layer, x, upstream, mask=None, jit_scope=False):
+    """Output of `layer(x, mask=mask, training=True)` and the gradients of
+    sum(output * upstream) w.r.t. x, gamma and beta; with `jit_scope`, the
+    forward and backward passes are XLA clusters, as `normzoo.training`
+    compiles a replica's step under MirroredStrategy on CPU."""
+
+    def forward_backward():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = layer(x, training=True, mask=mask)
+            loss = tf.reduce_sum(outputs * upstream)
+        return outputs, tape.gradient(loss, [x, layer.gamma, layer.beta])
+
+    if not jit_scope:
+        return forward_backward()
+    with tf.xla.experimental.jit_scope(compile_ops=True, separate_compiled_gradients=False):
+        return forward_backward()
+
+
+def distributed_layer_step(strategy, layer, shards, upstreams, masks=None, jit_scope=False):
+    """One `layer_training_step` per replica on its shard; returns each
+    replica's outputs and input gradient, and gamma's and beta's gradients
+    summed over replicas."""
+    values = [shards, upstreams] + ([masks] if masks is not None else [])
+    inputs = [distribute(strategy, v) for v in values]
+
+    def replica_step(x, upstream, mask=None):
+        return layer_training_step(layer, x, upstream, mask, jit_scope)
+
+    @tf.function
+    def step(*inputs):
+        outputs, (d_x, d_gamma, d_beta) = strategy.run(replica_step, args=inputs)
+        d_gamma, d_beta = (
+            strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in (d_gamma, d_beta)
+        )
+        return outputs, d_x, d_gamma, d_beta
+
+    outputs, d_x, d_gamma, d_beta = step(*inputs)
+    return local_results(strategy, outputs), local_results(strategy, d_x), d_gamma.numpy(), d_beta.numpy()
+
+
+def single_device_reference(layer, x, upstream, mask=None):
+    """A copy of `layer` outside the strategy, its step on `x`, and its results."""
+    reference = BatchNorm.from_config(layer.get_config())
+    reference.build((None, *x.shape[1:]))
+    reference.set_weights(layer.get_weights())
+    mask = None if mask is None else tf.constant(mask)
+    outputs, (d_x, d_gamma, d_beta) = layer_training_step(
+        reference, tf.constant(x), tf.constant(upstream), mask
+    )
+    return reference, outputs.numpy(), d_x.numpy(), d_gamma.numpy(), d_beta.numpy()
+
+
+def random_mask(shape, seed):
+    mask = np.random.default_rng(seed).random(shape) < 0.6
+    mask[0] = True  # some value of every channel counts
+    return mask
+
+
+EMPTY_SHARD_CASES = {
+    # name: (feature shape of a sample, BatchNorm arguments, masked, jit_scope)
+    "fused": ((2, 2, 3), {}, False, False),
+    "fused_jit_scope": ((2, 2, 3), {}, False, True),
+    "composed": ((3,), {}, False, False),
+    "masked": ((4, 3), {}, True, False),
+    "renorm": ((2, 2, 3), {"renorm": True, "renorm_clipping": {"rmax": 1.5, "dmax": 0.5}}, False, False),
+    "synchronized": ((2, 2, 3), {"synchronized": True}, False, False),
+    "synchronized_jit_scope": ((2, 2, 3), {"synchronized": True}, False, True),
+    "synchronized_masked": ((4, 3), {"synchronized": True}, True, False),
+    "synchronized_renorm": ((2, 2, 3), {"synchronized": True, "renorm": True}, False, False),
+}
+
+
+@pytest.mark.parametrize("case", EMPTY_SHARD_CASES)
+def test_an_empty_shard_trains_and_contributes_nothing(strategy, case):
+    """Replica 1 gets no example (a global batch of 3 on 2 replicas): the
+    step runs, every output, gradient and statistic is finite, and the
+    results are those of one device on replica 0's 3 examples. Without
+    synchronization replica 1's statistics do not move; with it, they take
+    the global batch's (replica 0's) statistics like replica 0's."""
+    feature_shape, kwargs, masked, jit_scope = EMPTY_SHARD_CASES[case]
+    shards = shifted_shards((3, 0), feature_shape, seed=81)
+    upstreams = shifted_shards((3, 0), feature_shape, seed=82)
+    masks = [random_mask((3, feature_shape[0]), 83), np.zeros((0, feature_shape[0]), bool)] if masked else None
+    layer = randomized_layer(strategy, (None, *feature_shape), **kwargs)
+    initial = {name: v.numpy() for name, v in statistics_of(layer).items()}
+    reference, *expected = single_device_reference(
+        layer, shards[0], upstreams[0], masks[0] if masked else None
+    )
+
+    outputs, d_x, d_gamma, d_beta = distributed_layer_step(
+        strategy, layer, shards, upstreams, masks, jit_scope
+    )
+
+    assert outputs[1].shape == d_x[1].shape == (0, *feature_shape)
+    for name, got, want in zip(
+        ("outputs", "d_x", "d_gamma", "d_beta"), (outputs[0], d_x[0], d_gamma, d_beta), expected
+    ):
+        assert np.isfinite(got).all(), name
+        np.testing.assert_allclose(got, want, atol=TOLERANCE, rtol=TOLERANCE, err_msg=name)
+    reference_statistics = statistics_of(reference)
+    for name, variable in statistics_of(layer).items():
+        copies = replica_copies(variable)
+        want = reference_statistics[name].numpy()
+        assert np.abs(want - initial[name]).min() > 1e-4, f"{name} did not move on one device"
+        np.testing.assert_allclose(copies[0], want, atol=TOLERANCE, err_msg=name)
+        if layer.synchronized:
+            np.testing.assert_allclose(copies[1], want, atol=TOLERANCE, err_msg=name)
+        else:
+            np.testing.assert_array_equal(copies[1], initial[name], err_msg=name)
+
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["conv_bn", "dense_bn"])
+def test_fit_with_a_last_batch_smaller_than_the_replicas_keeps_every_variable_finite(
+    strategy, flatten
+):
+    """The reported failure: `fit` on 33 samples at batch 16 on 2 replicas
+    (the last global batch has one example, so one replica's shard is empty)
+    crashed in the 4-D BatchNorm ("Incompatible shapes: [3] vs. [0]"); the
+    dense one trained, but put NaN into gamma (as Keras' BatchNormalization
+    does)."""
+    with strategy.scope():
+        inputs = keras.Input((4, 4, 2))
+        x = keras.layers.Conv2D(3, 3, padding="same")(inputs)
+        x = keras.layers.Flatten()(x) if flatten else x
+        x = BatchNorm(name="bn")(x)
+        x = x if flatten else keras.layers.GlobalAveragePooling2D()(x)
+        model = keras.Model(inputs, keras.layers.Dense(2)(x))
+        model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(90)
+    x, y = rng.normal(size=(33, 4, 4, 2)).astype(np.float32), rng.integers(0, 2, 33)
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    for variable in model.variables:
+        assert np.isfinite(variable.numpy()).all(), variable.path
+    for name in ("moving_mean", "moving_variance"):
+        for copy in replica_copies(getattr(model.get_layer("bn"), name)):
+            assert np.isfinite(copy).all(), name
+
+
+SYNCHRONIZED_VARIANTS = {
+    "masked": ((4, 3), {}, True),
+    "renorm": ((2, 2, 3), {"renorm": True, "renorm_clipping": {"rmin": 0.8, "rmax": 1.2, "dmax": 0.3}}, False),
+    "masked_renorm": ((4, 3), {"renorm": True, "renorm_momentum": 0.7}, True),
+}
+
+
+@pytest.mark.parametrize("variant", SYNCHRONIZED_VARIANTS)
+def test_sync_bn_with_mask_or_renorm_equals_single_device_on_concatenated_batch(
+    strategy, variant
+):
+    """Two synchronized steps on shards of 3 and 5 examples with different
+    statistics (and masks: the global batch's selected values set the
+    statistics, where Keras uses each replica's own) equal two steps of one
+    device on the concatenated batch: outputs, gradients and every
+    statistic on both replicas."""
+    feature_shape, kwargs, masked = SYNCHRONIZED_VARIANTS[variant]
+    layer = randomized_layer(strategy, (None, *feature_shape), synchronized=True, **kwargs)
+    reference = BatchNorm.from_config({**layer.get_config(), "synchronized": False})
+    reference.build((None, *feature_shape))
+    reference.set_weights(layer.get_weights())
+    for step in range(2):
+        shards = shifted_shards((3, 5), feature_shape, seed=100 + step)
+        upstreams = shifted_shards((3, 5), feature_shape, seed=110 + step)
+        masks = [random_mask((n, feature_shape[0]), 120 + 2 * step + n) for n in (3, 5)] if masked else None
+        outputs, d_x, d_gamma, d_beta = distributed_layer_step(
+            strategy, layer, shards, upstreams, masks
+        )
+        expected_outputs, (expected_d_x, expected_d_gamma, expected_d_beta) = layer_training_step(
+            reference,
+            tf.constant(np.concatenate(shards)),
+            tf.constant(np.concatenate(upstreams)),
+            tf.constant(np.concatenate(masks)) if masked else None,
+        )
+        for name, got, want in (
+            ("outputs", np.concatenate(outputs), expected_outputs),
+            ("d_x", np.concatenate(d_x), expected_d_x),
+            ("d_gamma", d_gamma, expected_d_gamma),
+            ("d_beta", d_beta, expected_d_beta),
+        ):
+            np.testing.assert_allclose(got, want, atol=TOLERANCE, rtol=TOLERANCE, err_msg=f"{name} {step=}")
+    reference_statistics = statistics_of(reference)
+    for name, variable in statistics_of(layer).items():
+        for copy in replica_copies(variable):
+            np.testing.assert_allclose(copy, reference_statistics[name].numpy(), atol=TOLERANCE, err_msg=name)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from normzoo.layers import LayerNorm
+from normzoo.layers import LayerNorm, LayerNormalization
 
 
 def sequences(shape=(3, 6, 4), seed=0):
@@ -354,7 +354,7 @@ def model_with_norms(norm):
     return keras.Model(inputs, norm(epsilon=1e-5)(x))
 
 
-def test_weights_file_saved_with_keras_layer_loads_into_model_with_ours(tmp_path):
+def test_weights_files_load_both_ways_with_the_layer_under_keras_class_name(tmp_path):
     keras.utils.set_random_seed(1)
     theirs = model_with_norms(keras.layers.LayerNormalization)
     rng = np.random.default_rng(0)
@@ -362,18 +362,23 @@ def test_weights_file_saved_with_keras_layer_loads_into_model_with_ours(tmp_path
         weight.assign(rng.uniform(0.5, 2.0, weight.shape))
     theirs.save_weights(tmp_path / "keras.weights.h5")
 
-    ours = model_with_norms(LayerNorm)
+    # Keras keys a layer's variables by its class name: LayerNorm's are not
+    # found in Keras' file, LayerNormalization's are.
+    with pytest.raises(ValueError):
+        model_with_norms(LayerNorm).load_weights(tmp_path / "keras.weights.h5")
+    ours = model_with_norms(LayerNormalization)
     ours.load_weights(tmp_path / "keras.weights.h5")
     for a, b in zip(ours.weights, theirs.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     x = sequences((2, 5, 4))
     np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
 
-    # Our own files still load by our own keys.
+    # And back: Keras' layer reads the file our layer writes.
+    for weight in ours.weights:
+        weight.assign(rng.uniform(0.5, 2.0, weight.shape))
     ours.save_weights(tmp_path / "ours.weights.h5")
-    again = model_with_norms(LayerNorm)
-    again.load_weights(tmp_path / "ours.weights.h5")
-    np.testing.assert_array_equal(again(x), ours(x))
+    theirs.load_weights(tmp_path / "ours.weights.h5")
+    np.testing.assert_allclose(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
 
 
 # Invalid arguments -------------------------------------------------------------
