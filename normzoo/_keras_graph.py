@@ -62,8 +62,8 @@ def intercepted_calls(layers, intercept):
 def paired_layers(original, copy):
     """(layer, its copy) for every layer of `original` and of the graph
     models nested in it (each model before its layers), where `copy` was
-    made from `original` by `keras.models.clone_model(..., recursive=True)`:
-    the same graph, so the same layer order."""
+    made from `original` by `rebuild`: the same graphs, so the same layer
+    order."""
     for layer, copied in zip(original.layers, copy.layers, strict=True):
         if layer.name != copied.name:
             raise RuntimeError(

@@ -104,8 +104,9 @@ def convert(model, *, layer_norm=False):
     from `model` restores into the copy with
     `normzoo.checkpoints.restore(copy, path)`, which matches layers by name.
     Keras' own `copy.load_weights(path)` refuses it: Keras 3 keys a layer's
-    weights in such files by its class (`layers/batch_normalization_3`,
-    not `layers/batch_norm_3`), not by its name.
+    weights in such files by its class, not its name
+    (`layers/batch_normalization_3` in the file, `layers/batch_norm_3` in
+    the copy).
 
     Args:
         model: A functional (`keras.Model(inputs, outputs)`) or Sequential
@@ -115,7 +116,7 @@ def convert(model, *, layer_norm=False):
             beta spanning, the same axes).
 
     Returns:
-        A new `keras.Model` of the same class and name.
+        A new `keras.Model` with the same name (Sequential if `model` is).
 
     Raises:
         TypeError: `model` is a subclassed model (its `call` is Python
@@ -124,7 +125,12 @@ def convert(model, *, layer_norm=False):
             layer (which may compute something else). The message names
             them; use `normzoo.layers.BatchNorm` in that code instead.
     """
-    _require_graph_model(model, "convert")
+    _require_graph_model(
+        model,
+        "convert",
+        "Use normzoo.layers.BatchNorm in place of keras.layers.BatchNormalization in its code "
+        "(it takes the same arguments and weights), or build it with the functional API.",
+    )
     replaced = {
         keras_class: ours
         for keras_class, ours in _KERAS_EQUIVALENTS.items()
@@ -145,15 +151,12 @@ def convert(model, *, layer_norm=False):
     return _keras_graph.rebuild(model, clone, _keras_graph.same_variables)
 
 
-def _require_graph_model(model, function):
+def _require_graph_model(model, function, fix):
     if not _keras_graph.is_graph_model(model):
         raise TypeError(
             f"{function} rebuilds a model from its graph of layers, so it needs a functional "
             f"(keras.Model(inputs, outputs)) or Sequential model; {model.name!r} is a "
-            f"subclassed {type(model).__name__}, whose call() is Python code. Use "
-            f"normzoo.layers.BatchNorm in place of keras.layers.BatchNormalization in its "
-            f"code (it takes the same arguments and weights), or build it with the "
-            f"functional API."
+            f"subclassed {type(model).__name__}, whose call() is Python code. {fix}"
         )
 
 
@@ -474,7 +477,9 @@ def fold(model):
     Raises:
         TypeError: `model` is a subclassed model.
     """
-    _require_graph_model(model, "fold")
+    _require_graph_model(
+        model, "fold", "Build it with the functional API or as a Sequential model."
+    )
     norm_of = {}  # id(conv) -> the BatchNorm folded into it
     for graph in _keras_graph.graph_models(model):
         convs = {id(layer.output): layer for layer in graph.layers if _foldable_conv(layer)}
