@@ -106,7 +106,7 @@ def test_converted_application_computes_what_keras_computes(name):
     converted = bn.convert(original)
 
     pairs = _norm_pairs(original, converted)
-    assert all(type(ours) is layers.BatchNorm for _, ours in pairs)
+    assert all(isinstance(ours, layers.BatchNorm) for _, ours in pairs)
     assert [ours.name for _, ours in pairs] == [keras_layer.name for keras_layer, _ in pairs]
     assert bn.audit(converted) == []
     _assert_close(
@@ -253,7 +253,7 @@ def test_convert_a_sequential_model():
 
     assert type(converted) is keras.Sequential and converted.name == "sequential_model"
     assert [layer.name for layer in converted.layers] == [layer.name for layer in original.layers]
-    assert [type(converted.get_layer(n)) for n in ("bn_1", "bn_2")] == [layers.BatchNorm] * 2
+    assert all(isinstance(converted.get_layer(n), layers.BatchNorm) for n in ("bn_1", "bn_2"))
     _assert_close(converted(data, training=False), original(data, training=False), 1e-5)
     _assert_close(converted(data, training=True), original(data, training=True), 1e-5)
     _assert_same_statistics(_norm_pairs(original, converted))
@@ -298,7 +298,7 @@ def test_convert_a_nested_backbone_of_the_transfer_learning_pattern(transfer_lea
     base = converted.get_layer(original.layers[1].name)
     assert isinstance(base, keras.Model) and base is not original.layers[1]
     assert [layer.name for layer in converted.layers] == [layer.name for layer in original.layers]
-    assert all(type(ours) is layers.BatchNorm for _, ours in _norm_pairs(original, converted))
+    assert all(isinstance(ours, layers.BatchNorm) for _, ours in _norm_pairs(original, converted))
     assert _trainable_flags(converted) == _trainable_flags(original)
     assert not base.trainable and converted.get_layer("classifier").trainable
     assert len(converted.trainable_weights) == len(original.trainable_weights) == 2
@@ -357,7 +357,7 @@ def test_convert_a_two_input_model_with_shared_layers():
     assert [tensor.name for tensor in converted.inputs] == ["image_a", "image_b"]
     # One layer used twice, as in the original: one set of variables.
     assert len(converted.weights) == len(original.weights)
-    assert type(converted.get_layer("shared_bn")) is layers.BatchNorm
+    assert isinstance(converted.get_layer("shared_bn"), layers.BatchNorm)
     _assert_close(converted(data, training=False), original(data, training=False), 1e-5)
     _assert_close(converted(data, training=True), original(data, training=True), 1e-5)
     _assert_same_statistics(_norm_pairs(original, converted))
@@ -376,7 +376,7 @@ def test_original_is_unchanged_and_shares_no_variable_with_the_copy():
     converted(images, training=True)  # moves the copy's statistics
 
     assert not {id(v) for v in original.variables} & {id(v) for v in converted.variables}
-    assert all(type(layer) is not layers.BatchNorm for layer in original.layers)
+    assert not any(isinstance(layer, layers.BatchNorm) for layer in original.layers)
     for variable, value in zip(original.variables, before, strict=True):
         np.testing.assert_array_equal(variable.numpy(), value)
     for name, value in original(images, training=False).items():
