@@ -135,11 +135,12 @@ def test_without_freeze_training_moves_the_statistics():
     assert all(not np.array_equal(after[path], statistics[path]) for path in statistics)
 
 
-def test_freeze_refuses_keras_batch_normalization():
+def test_freeze_refuses_keras_batch_normalization_naming_convert():
     inputs = keras.Input((4, 4, 2))
     outputs = keras.layers.BatchNormalization(name="keras_bn")(inputs)
-    with pytest.raises(TypeError, match="keras_bn is keras.layers.BatchNormalization"):
+    with pytest.raises(TypeError, match="keras_bn is keras.layers.BatchNormalization") as error:
         bn.freeze(keras.Model(inputs, outputs))
+    assert "model = normzoo.bn.convert(model)" in str(error.value)
 
 
 # recalibrate ---------------------------------------------------------------
@@ -178,6 +179,13 @@ def _numpy_population_statistics(model, batches):
         name: (np.concatenate(values).mean(0), np.concatenate(values).var(0))
         for name, values in (("bn_a", inputs_a), ("bn_b", inputs_b))
     }
+
+
+def _assert_statistics(model, expected):
+    for name, (mean, variance) in expected.items():
+        layer = model.get_layer(name)
+        np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), variance, rtol=1e-5)
 
 
 def test_recalibrate_sets_the_exact_statistics_of_the_whole_dataset():
@@ -307,6 +315,122 @@ def test_recalibrate_leaves_dropout_random_state_and_weights_unchanged():
             np.testing.assert_array_equal(variable.numpy(), before[variable.path], variable.path)
 
 
+def test_recalibrate_a_model_with_a_single_batch_norm():
+    # Its one output used to come back as a bare tensor, not a list.
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.Conv2D(5, 1, name="conv")(inputs)
+    outputs = layers.BatchNorm(name="only_bn")(x)
+    model = keras.Model(inputs, outputs)
+    data = _data(6, shape=(4, 4, 3))
+
+    bn.recalibrate(model, [data[:3], data[3:]])
+
+    w, b = model.get_layer("conv").get_weights()
+    features = (data.astype(np.float64) @ w[0, 0] + b).reshape(-1, 5)
+    _assert_statistics(model, {"only_bn": (features.mean(0), features.var(0))})
+
+
+@pytest.mark.parametrize("norm", ["normzoo", "keras"])
+def test_recalibrate_reaches_the_batch_norms_of_a_nested_backbone(norm):
+    """Keras' transfer-learning pattern: a backbone called with
+    training=False inside a classifier. Its BatchNorms are recalibrated
+    all the same, each normalizing with its batch's statistics."""
+    backbone = _two_norm_model()
+    if norm == "keras":
+        backbone = _with_keras_batch_normalization(backbone)
+    _randomize(backbone)
+    features = keras.Model(backbone.input, backbone.get_layer("bn_b").output, name="backbone")
+    features.trainable = False
+    inputs = keras.Input((4, 4, 3))
+    x = keras.layers.GlobalAveragePooling2D()(features(inputs, training=False))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    data = _data(11, shape=(4, 4, 3))
+
+    assert bn.recalibrate(model, tf.data.Dataset.from_tensor_slices(data).batch(4)) == 11
+
+    expected = _numpy_population_statistics(backbone, [data[:4], data[4:8], data[8:]])
+    _assert_statistics(backbone, expected)
+    assert not any(layer.trainable for layer in features.layers)
+
+
+def _with_keras_batch_normalization(model):
+    """`model` with keras.layers.BatchNormalization in place of BatchNorm."""
+
+    def clone(layer):
+        if isinstance(layer, layers.BatchNorm):
+            config = {k: v for k, v in layer.get_config().items() if k != "frozen_stats"}
+            return keras.layers.BatchNormalization.from_config(config)
+        return layer.__class__.from_config(layer.get_config())
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def test_recalibrate_pools_the_inputs_of_a_batch_norm_called_twice():
+    inputs = keras.Input((4, 4, 3))
+    shared = layers.BatchNorm(name="shared_bn")
+    conv = keras.layers.Conv2D(3, 1, name="conv")
+    outputs = keras.layers.Add()([shared(inputs), shared(conv(inputs))])
+    model = keras.Model(inputs, outputs)
+    data = _data(5, shape=(4, 4, 3))
+
+    bn.recalibrate(model, [data])
+
+    w, b = conv.get_weights()
+    rows = np.concatenate([data, data.astype(np.float64) @ w[0, 0] + b]).reshape(-1, 3)
+    _assert_statistics(model, {"shared_bn": (rows.mean(0), rows.var(0))})
+
+
+@pytest.mark.parametrize("kind", ["numpy", "tensor"])
+def test_recalibrate_splits_an_array_into_batches_of_batch_size(kind):
+    data = _data(11, shape=(4, 4, 3))
+    examples = data if kind == "numpy" else tf.constant(data)
+    model = _two_norm_model()
+    _randomize(model)
+
+    assert bn.recalibrate(model, examples, batch_size=4) == 11
+    _assert_statistics(model, _numpy_population_statistics(model, [data[:4], data[4:8], data[8:]]))
+
+    # By default 32 examples a batch, as Keras' Model.predict: here one batch.
+    assert bn.recalibrate(model, examples) == 11
+    _assert_statistics(model, _numpy_population_statistics(model, [data]))
+
+
+def test_recalibrate_takes_generators_and_keras_py_datasets():
+    data = _data(10, shape=(4, 4, 3))
+    batches = [data[:4], data[4:8], data[8:]]
+    model = _two_norm_model()
+    _randomize(model)
+    expected = _numpy_population_statistics(model, batches)
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return len(batches)
+
+        def __getitem__(self, index):
+            return batches[index], np.zeros(len(batches[index]))
+
+    for dataset in ((batch for batch in batches), Batches()):
+        _randomize(model)
+        assert bn.recalibrate(model, dataset) == 10
+        _assert_statistics(model, expected)
+
+
+def test_recalibrate_names_what_it_accepts():
+    model = _two_norm_model()
+    before = [v.numpy().copy() for v in model.weights]
+    data = _data(4, shape=(4, 4, 3))
+    with pytest.raises(TypeError, match="NumPy array or tensor of examples, or an iterable"):
+        bn.recalibrate(model, 3)
+    with pytest.raises(ValueError, match="iterable of batches already"):
+        bn.recalibrate(model, [data], batch_size=2)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        bn.recalibrate(model, data, batch_size=0)
+    with pytest.raises(TypeError, match="holds a str, not an array or tensor"):
+        bn.recalibrate(model, ["images"])
+    for variable, value in zip(model.weights, before, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
 # fold ----------------------------------------------------------------------
 
 
@@ -390,3 +514,67 @@ def test_fold_folds_a_batch_norm_that_takes_a_mask(norm_class):
     assert [type(layer).__name__ for layer in folded.layers] == ["InputLayer", "Conv2D", "Identity"]
     x = rng.normal(size=(2, 6, 6, 2)).astype("float32")
     np.testing.assert_allclose(folded(x), model(x, training=False), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("container", ["functional", "sequential"])
+@pytest.mark.parametrize("norm", ["normzoo", "keras"])
+def test_fold_folds_the_batch_norms_of_a_nested_backbone(norm, container):
+    norm_class = layers.BatchNorm if norm == "normzoo" else keras.layers.BatchNormalization
+    body = [
+        keras.layers.Conv2D(4, 3, padding="same", name="conv_a"),
+        norm_class(name="bn_a"),
+        keras.layers.ReLU(name="relu"),
+        keras.layers.Conv2D(3, 1, use_bias=False, name="conv_b"),
+        norm_class(name="bn_b"),
+    ]
+    if container == "sequential":
+        backbone = keras.Sequential([keras.Input((6, 6, 3)), *body], name="backbone")
+    else:
+        backbone_inputs = keras.Input((6, 6, 3))
+        x = backbone_inputs
+        for layer in body:
+            x = layer(x)
+        backbone = keras.Model(backbone_inputs, x, name="backbone")
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.GlobalAveragePooling2D()(backbone(inputs, training=False))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    _randomize(model)
+
+    folded = bn.fold(model)
+
+    folded_backbone = folded.get_layer("backbone")
+    assert [type(layer).__name__ for layer in folded_backbone.layers[-5:]] == [
+        "Conv2D", "Identity", "ReLU", "Conv2D", "Identity"
+    ]
+    data = _data(3, shape=(6, 6, 3))
+    np.testing.assert_allclose(
+        folded(data, training=False).numpy(),
+        model(data, training=False).numpy(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_recalibrate_sets_every_statistic_of_a_renorm_layer_consistently():
+    """Batch Renormalization keeps a moving stddev beside the moving variance
+    and rebuilds the variance from it at each update: recalibrate must set
+    it (and the statistics r and d start from) to the population values, or
+    the next training step brings the stale variance back."""
+    inputs = keras.Input((3,))
+    norm = layers.BatchNorm(renorm=True, momentum=1.0, renorm_momentum=1.0, name="bn")
+    model = keras.Model(inputs, norm(inputs))
+    data = np.random.default_rng(0).normal([5.0, -2.0, 0.5], [3.0, 0.1, 1.0], (64, 3))
+    data = data.astype("float32")
+
+    bn.recalibrate(model, data, batch_size=16)
+
+    mean, variance = data.astype(np.float64).mean(0), data.astype(np.float64).var(0)
+    np.testing.assert_allclose(norm.moving_mean.numpy(), mean, rtol=1e-5)
+    np.testing.assert_allclose(norm.moving_variance.numpy(), variance, rtol=1e-5)
+    stddev = np.sqrt(variance + norm.epsilon)
+    for statistic in (norm.moving_stddev, norm.renorm_stddev):
+        np.testing.assert_allclose(statistic.numpy(), stddev, rtol=1e-5)
+    np.testing.assert_allclose(norm.renorm_mean.numpy(), mean, rtol=1e-5)
+    # momentum=1: a training step keeps every statistic where it is.
+    model(data[:16], training=True)
+    np.testing.assert_allclose(norm.moving_variance.numpy(), variance, rtol=1e-5)

@@ -1,0 +1,159 @@
+"""Walking and rebuilding Keras model graphs, for `normzoo.bn`.
+
+Keras 3 has no public API for three things `normzoo.bn` needs: telling a
+graph model (Functional or Sequential) from a subclassed one, how often a
+layer is called and consumed in its graph, and running code around a
+layer's calls. Each use of a Keras internal is one small function here,
+checked against Keras 3.15.1; nothing else in normzoo touches them.
+"""
+
+import contextlib
+import functools
+
+import keras
+from keras.src.models.functional import Functional
+
+
+def is_graph_model(layer):
+    """Whether `layer` is a Functional (`keras.Model(inputs, outputs)`) or
+    Sequential model: a graph of layers that `keras.models.clone_model`
+    can rebuild. Keras exports no public name for the Functional class
+    (Keras 3.15.1: `keras.src.models.functional.Functional`)."""
+    return isinstance(layer, (Functional, keras.Sequential))
+
+
+def graph_models(model):
+    """`model` and every graph model nested in it, outer ones first.
+    Subclassed models are not entered."""
+    yield model
+    for layer in model.layers:
+        if is_graph_model(layer):
+            yield from graph_models(layer)
+
+
+def call_counts(layer):
+    """(times `layer` is called in its model's graph, layer calls that take
+    one of its outputs). Keras keeps these as private node lists with no
+    public accessor (Keras 3.15.1: `_inbound_nodes`, `_outbound_nodes`)."""
+    return len(layer._inbound_nodes), len(layer._outbound_nodes)
+
+
+@contextlib.contextmanager
+def intercepted_calls(layers, intercept):
+    """Within the context, each call of a layer of `layers` runs
+    `intercept(layer, call, *args, **kwargs)`, where `call` is the layer's
+    own `call` method, instead of `call(*args, **kwargs)`.
+
+    Keras has no forward hooks. `Operation.__call__` looks `self.call` up
+    at every call (Keras 3.15.1), so an instance attribute shadows the
+    class's method; it is removed on exit, even after an error.
+    """
+    intercepted = []
+    try:
+        for layer in layers:
+            layer.call = functools.partial(intercept, layer, layer.call)
+            intercepted.append(layer)
+        yield
+    finally:
+        for layer in intercepted:
+            del layer.call
+
+
+def paired_layers(original, copy):
+    """(layer, its copy) for every layer of `original` and of the graph
+    models nested in it (each model before its layers), where `copy` was
+    made from `original` by `rebuild`: the same graphs, so the same layer
+    order."""
+    for layer, copied in zip(original.layers, copy.layers, strict=True):
+        if layer.name != copied.name:
+            raise RuntimeError(
+                f"normzoo bug: the copy of {original.name!r} lists layer {copied.name!r} where "
+                f"the original has {layer.name!r}. Please report it with the model's summary()."
+            )
+        yield layer, copied
+        if is_graph_model(layer):
+            yield from paired_layers(layer, copied)
+
+
+def rebuild(model, clone_function, variables_of, call_function=None):
+    """A copy of the graph model `model`, nested graph models included,
+    with new variables and the same layer names.
+
+    `keras.models.clone_model` rebuilds each graph model, calling
+    `clone_function` for each other layer, once however often it is used;
+    then every layer's `trainable` flag (which `clone_model` does not carry
+    over for a nested model) and variables are set from the original.
+
+    Args:
+        model: A Functional or Sequential model.
+        clone_function: `fn(layer)` -> the new layer, for every layer that
+            is neither a graph model nor an input.
+        variables_of: `fn(layer, copy)` -> the values for `copy.variables`.
+        call_function: `fn(new_layer, *args, **kwargs)` -> its outputs, to
+            call the new layers of functional models (see
+            `keras.models.clone_model`); a Sequential calls them itself.
+
+    Returns:
+        The copy; `model` is unchanged and shares no variable with it.
+    """
+    clones = {}  # id(layer) -> its copy, shared by every model that uses it
+
+    def clone(layer):
+        if id(layer) not in clones:
+            new = clone_graph(layer) if is_graph_model(layer) else clone_function(layer)
+            clones[id(layer)] = new
+        return clones[id(layer)]
+
+    def clone_graph(graph):
+        # clone_model names a Functional's new inputs after its input
+        # tensors, not its input layers; a Sequential keeps its input's name.
+        if isinstance(graph, keras.Sequential):
+            return keras.models.clone_model(graph, clone_function=clone)
+        return keras.models.clone_model(
+            graph,
+            input_tensors=_new_inputs(graph),
+            clone_function=clone,
+            call_function=call_function,
+        )
+
+    copy = clone_graph(model)
+    # Outer models first: a model's `trainable` setter also sets its
+    # layers', whose own flags then follow.
+    copy.trainable = model.trainable
+    for layer, copied in paired_layers(model, copy):
+        copied.trainable = layer.trainable
+        if not is_graph_model(layer):
+            values = variables_of(layer, copied)
+            for variable, value in zip(copied.variables, values, strict=True):
+                variable.assign(value)
+    return copy
+
+
+def _new_inputs(model):
+    """New input tensors for a copy of the Functional `model`, in the
+    structure of `model.input`, from copies of its input layers."""
+    input_layers = {
+        id(layer.output): layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.InputLayer)
+    }
+
+    def new_input(tensor):
+        return keras.layers.InputLayer.from_config(input_layers[id(tensor)].get_config()).output
+
+    return keras.tree.map_structure(new_input, model.input)
+
+
+def same_variables(layer, copy):
+    """The values of `layer.variables` (weights and random-generator
+    states: a copied Dropout draws the same masks), for a copy that has the
+    same variables (checked by name, in order)."""
+    names = [variable.name for variable in layer.variables]
+    copy_names = [variable.name for variable in copy.variables]
+    if names != copy_names:
+        raise RuntimeError(
+            f"normzoo bug: layer {layer.name!r} ({type(layer).__name__}) has variables "
+            f"{names}, its copy ({type(copy).__name__}) {copy_names}; their values cannot be "
+            f"carried over. Please report it."
+        )
+    return [variable.value for variable in layer.variables]
