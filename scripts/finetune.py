@@ -1,4 +1,4 @@
-"""Fine-tunes a pretrained ResNet, every variable restored (BatchNorm moving
+r"""Fine-tunes a pretrained ResNet, every variable restored (BatchNorm moving
 statistics included). With only --init_checkpoint: the shipped ResNet-20 on
 the embedded digits dataset, a minute or two on 2 CPU cores.
 
@@ -26,7 +26,9 @@ import os
 # imported; an explicit TF_ENABLE_ONEDNN_OPTS=0 in the environment wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from absl import app
+from absl import flags
+
+import _app  # scripts/_app.py
 
 from normzoo.training import TrainConfig, cli
 
@@ -40,6 +42,8 @@ cli.define_flags(
     ),
     finetune_flags=True,
 )
+# --help lists the key flags of the main module; cli's flags are this script's.
+flags.adopt_module_key_flags(cli)
 
 if __name__ == "__main__":
-    app.run(cli.main)
+    _app.run(cli.main)
