@@ -389,15 +389,10 @@ def unit_strides(depths, strides, downsample_unit):
     return [[1] * (n - 1) + [s] for n, s in zip(depths, [*strides[1:], 1])]
 
 
-def classifier_head(x, *, preactivation, norm, num_classes, classifier_activation):
-    """Final norm + ReLU (pre-activation networks), global average pooling
-    (`avg_pool`) and the dense classifier `predictions` (omitted when
-    `num_classes` is 0: the pooled features are the output).
-
-    Raises:
-        TypeError, ValueError: `num_classes` is not an integer >= 0, or
-            `classifier_activation` is no Keras activation.
-    """
+def check_classifier(num_classes, classifier_activation):
+    """Raises TypeError or ValueError, naming the argument, unless
+    `num_classes` is an integer >= 0 and `classifier_activation` a Keras
+    activation (None: logits). Builders call it before building anything."""
     check_integer("num_classes", num_classes, 0, "classes of the classifier, 0 for none")
     try:
         keras.activations.get(classifier_activation)
@@ -406,6 +401,13 @@ def classifier_head(x, *, preactivation, norm, num_classes, classifier_activatio
             f"Unknown classifier_activation {classifier_activation!r} ({error}). Pass None for "
             f"logits, a Keras activation name such as 'softmax', or a callable."
         ) from None
+
+
+def classifier_head(x, *, preactivation, norm, num_classes, classifier_activation):
+    """Final norm + ReLU (pre-activation networks), global average pooling
+    (`avg_pool`) and the dense classifier `predictions` (omitted when
+    `num_classes` is 0: the pooled features are the output); the arguments
+    as `check_classifier` accepts them."""
     if preactivation:
         x = relu(norm.normalize(x, "post"), name="post_relu")
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)

@@ -55,6 +55,7 @@ def cifar_resnet(
     if depth < 8 or (depth - 2) % 6:
         raise ValueError(f"A CIFAR ResNet has 6n + 2 layers (20, 32, 44, ...); got depth={depth}.")
     blocks.check_integer("width", width, 1, "channels of the stem and the first stage")
+    blocks.check_classifier(num_classes, classifier_activation)
     units_per_stage = (depth - 2) // 6
     normalization = blocks.Normalization(
         norm,

@@ -108,7 +108,7 @@ def build(name, *, norm=None, num_classes=None, input_shape=None, weights=None, 
     if norm is not None:
         blocks.check_choice("norm", norm, blocks.NORMS)
     if num_classes is not None:
-        blocks.check_integer("num_classes", num_classes, 0, "classes of the classifier, 0 for none")
+        blocks.check_classifier(num_classes, None)
     if input_shape is not None:
         input_shape = blocks.check_input_shape(input_shape)
     if weights is not None:

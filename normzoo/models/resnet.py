@@ -129,6 +129,7 @@ def resnet(
         )
     style = LAYOUTS[layout][spec.preactivation]
     blocks.check_integer("width", width, 1, "channels of the stem")
+    blocks.check_classifier(num_classes, classifier_activation)
     normalization = blocks.Normalization(
         norm,
         epsilon=style.epsilon,

@@ -66,6 +66,7 @@ def wide_resnet(
         A `keras.Model`.
     """
     check_depth_and_width(depth, widen_factor)
+    blocks.check_classifier(num_classes, classifier_activation)
     blocks.check_number(
         "dropout_rate", dropout_rate, "the fraction of units dropped", minimum=0, below=1
     )
