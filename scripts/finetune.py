@@ -13,7 +13,9 @@ first training batches (normzoo.bn.recalibrate) and then keeps them. On data who
 pretraining data's (e.g. --invert_images) use --bn=train: frozen statistics
 of another domain can make fine-tuning collapse (see
 scripts/results/finetune_experiment.md). A classifier with another number of classes than
-the checkpoint's is new (--num_classes, default: the dataset's). What was
+the checkpoint's is new (--num_classes, default: the dataset's). Before the
+first step the restored model's test accuracy is printed: the baseline,
+also in metrics.json as initial_test_accuracy. What was
 restored and skipped is in --model_dir/restore_report.json; checkpoints,
 metrics.json and flags.json are written there too, and re-running the same
 command resumes from --model_dir's last checkpoint.

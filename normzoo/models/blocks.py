@@ -63,7 +63,7 @@ _KERNEL_INITIALIZER = "he_normal"
 def check_choice(argument, value, choices):
     """Raises ValueError, naming `argument`, `value` and the valid `choices`,
     unless `value` is one of them."""
-    if not isinstance(value, str) or value not in choices:
+    if value not in choices:
         raise ValueError(
             f"Unknown {argument} {value!r}; valid values are {', '.join(map(repr, choices))}."
         )
