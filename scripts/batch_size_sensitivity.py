@@ -20,6 +20,7 @@ import os
 
 from absl import app, flags
 
+import _app  # scripts/_app.py
 import _grid_flags  # scripts/_grid_flags.py
 
 _NORMS = ("batch", "layer", "skipinit0")  # normzoo.experiments.NORM_VARIANTS
@@ -34,6 +35,8 @@ flags.DEFINE_float("base_learning_rate", 0.05, "Learning rate at --base_batch_si
 flags.DEFINE_integer("base_batch_size", 64, "Batch size of --base_learning_rate.")
 flags.DEFINE_float("max_learning_rate", None, "Cap on the scaled learning rate (unset: none).")
 flags.DEFINE_string("output", "batch_size_sensitivity", "Output path without extension.")
+# --help lists the key flags of the main module; the shared ones are this script's.
+flags.adopt_module_key_flags(_grid_flags)
 FLAGS = flags.FLAGS
 
 
@@ -138,4 +141,4 @@ def main(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main)
+    _app.run(main)

@@ -42,6 +42,8 @@ import time
 
 from absl import app, flags
 
+import _app  # scripts/_app.py
+
 FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7")
 
 flags.DEFINE_bool("quick", False, "Tiny sizes and few steps (for tests): the figures are not meaningful.")
@@ -827,4 +829,4 @@ def _json_default(value):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _app.run(main)

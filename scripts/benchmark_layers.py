@@ -14,6 +14,8 @@ import os
 
 from absl import app, flags
 
+import _app  # scripts/_app.py
+
 flags.DEFINE_integer("batch_size", 32, "Images per training step.")
 flags.DEFINE_integer("image_size", 32, "Height and width of the input images.")
 flags.DEFINE_integer("rounds", 7, "Alternating timing rounds per net and mode.")
@@ -80,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _app.run(main)

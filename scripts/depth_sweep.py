@@ -20,6 +20,7 @@ import os
 
 from absl import app, flags
 
+import _app  # scripts/_app.py
 import _grid_flags  # scripts/_grid_flags.py
 
 _NORMS = ("batch", "skipinit0", "skipinit1", "none")  # normzoo.experiments.NORM_VARIANTS
@@ -33,6 +34,8 @@ flags.DEFINE_integer("steps_per_epoch", 40, "Training steps per epoch.")
 flags.DEFINE_float("learning_rate", 0.05, "Peak learning rate, the same for every cell.")
 flags.DEFINE_enum("schedule", "cosine", ["constant", "cosine", "step"], "Learning-rate schedule.")
 flags.DEFINE_string("output", "depth_sweep", "Output path without extension (.json and .md).")
+# --help lists the key flags of the main module; the shared ones are this script's.
+flags.adopt_module_key_flags(_grid_flags)
 FLAGS = flags.FLAGS
 
 
@@ -94,4 +97,4 @@ def main(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main)
+    _app.run(main)

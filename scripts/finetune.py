@@ -1,4 +1,4 @@
-"""Fine-tunes a pretrained ResNet, every variable restored (BatchNorm moving
+r"""Fine-tunes a pretrained ResNet, every variable restored (BatchNorm moving
 statistics included). With only --init_checkpoint: the shipped ResNet-20 on
 the embedded digits dataset, a minute or two on 2 CPU cores.
 
@@ -13,7 +13,9 @@ first training batches (normzoo.bn.recalibrate) and then keeps them. On data who
 pretraining data's (e.g. --invert_images) use --bn=train: frozen statistics
 of another domain can make fine-tuning collapse (see
 scripts/results/finetune_experiment.md). A classifier with another number of classes than
-the checkpoint's is new (--num_classes, default: the dataset's). What was
+the checkpoint's is new (--num_classes, default: the dataset's). Before the
+first step the restored model's test accuracy is printed: the baseline,
+also in metrics.json as initial_test_accuracy. What was
 restored and skipped is in --model_dir/restore_report.json; checkpoints,
 metrics.json and flags.json are written there too, and re-running the same
 command resumes from --model_dir's last checkpoint.
@@ -26,7 +28,9 @@ import os
 # imported; an explicit TF_ENABLE_ONEDNN_OPTS=0 in the environment wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from absl import app
+from absl import flags
+
+import _app  # scripts/_app.py
 
 from normzoo.training import TrainConfig, cli
 
@@ -40,6 +44,8 @@ cli.define_flags(
     ),
     finetune_flags=True,
 )
+# --help lists the key flags of the main module; cli's flags are this script's.
+flags.adopt_module_key_flags(cli)
 
 if __name__ == "__main__":
-    app.run(cli.main)
+    _app.run(cli.main)

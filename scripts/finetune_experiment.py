@@ -45,6 +45,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
+import _app  # scripts/_app.py
+
 import normzoo
 from normzoo.training import TrainConfig, TrainingDiverged, evaluate_batch_dependence, train
 
@@ -237,4 +239,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _app.run(main)

@@ -19,6 +19,8 @@ import os
 
 from absl import app, flags
 
+import _app  # scripts/_app.py
+
 flags.DEFINE_list("depths", ["10", "30", "100", "1000", "10000"], "Numbers of residual blocks d.")
 flags.DEFINE_list("lengths", ["5", "10", "15", "20"], "Path lengths k of the table's columns.")
 flags.DEFINE_integer("article_depth", 10000, "d of the article's claim.")
@@ -205,4 +207,4 @@ def main(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main)
+    _app.run(main)

@@ -19,6 +19,8 @@ import shutil
 
 from absl import app, flags
 
+import _app  # scripts/_app.py
+
 flags.DEFINE_string("model_dir", None, "The finished run's --model_dir.", required=True)
 flags.DEFINE_string("name", None, "Name of the checkpoint in the manifest.", required=True)
 flags.DEFINE_string(
@@ -101,4 +103,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _app.run(main)

@@ -23,6 +23,8 @@ import os
 
 from absl import app, flags
 
+import _app  # scripts/_app.py
+
 flags.DEFINE_string("model", "wrn_100_2", "Model name (see normzoo.models.names()).")
 flags.DEFINE_list("norms", ["batch", "skipinit", "none"], "Normalizations to compare.")
 flags.DEFINE_integer("batch_size", 64, "Images in the measured batch.")
@@ -159,4 +161,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _app.run(main)

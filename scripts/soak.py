@@ -25,6 +25,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
+import _app  # scripts/_app.py
+
 from normzoo import data, models
 from normzoo.training import TrainConfig, TrainStep, make_optimizer
 
@@ -159,4 +161,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _app.run(main)

@@ -1,4 +1,4 @@
-"""Trains a model of the normzoo zoo. With no flags: ResNet-20 with BatchNorm on
+r"""Trains a model of the normzoo zoo. With no flags: ResNet-20 with BatchNorm on
 the embedded digits dataset, a few minutes on 2 CPU cores.
 
     python scripts/train.py
@@ -16,11 +16,15 @@ import os
 # imported; an explicit TF_ENABLE_ONEDNN_OPTS=0 in the environment wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from absl import app
+from absl import flags
+
+import _app  # scripts/_app.py
 
 from normzoo.training import cli
 
 cli.define_flags()
+# --help lists the key flags of the main module; cli's flags are this script's.
+flags.adopt_module_key_flags(cli)
 
 if __name__ == "__main__":
-    app.run(cli.main)
+    _app.run(cli.main)

@@ -2,6 +2,8 @@
 architecture, with every variable restored."""
 
 import inspect
+import os
+import re
 
 from absl import logging
 
@@ -11,6 +13,20 @@ from normzoo.checkpoints.source import norm_of
 from normzoo.models import registry, resnet
 
 _HEAD = "predictions"
+_STEM = "conv1_conv"
+
+# keras.applications' ImageNet weight files, as `keras.applications.ResNet50(weights="imagenet")`
+# downloads them (keras/src/applications/resnet.py): BASE + f"{name}{suffix}".
+_KERAS_APPLICATIONS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+_KERAS_APPLICATIONS_SUFFIX = "_weights_tf_dim_ordering_tf_kernels.h5"
+_KERAS_APPLICATIONS_MODELS = {
+    "resnet50": "ResNet50",
+    "resnet101": "ResNet101",
+    "resnet152": "ResNet152",
+    "resnet50v2": "ResNet50V2",
+    "resnet101v2": "ResNet101V2",
+    "resnet152v2": "ResNet152V2",
+}
 
 
 def build_with_weights(
@@ -36,16 +52,25 @@ def build_with_weights(
     num_classes=0 leaves the checkpoint's classifier out (reported as
     ignored).
 
+    The input channels are the checkpoint's too (its first convolution's
+    kernel): without `input_shape` the family's default height and width
+    are taken with them, e.g. (32, 32, 1) for a checkpoint of grey images.
+
     Returns:
         The model; `model.restore_report` is the `RestoreReport`.
 
     Raises:
         RestoreError: as `normzoo.checkpoints.restore` (strict).
-        ValueError: an argument contradicts the checkpoint, or the layout
-            cannot be told from it.
+        ValueError: an argument contradicts the checkpoint (`input_shape`
+            with other channels included), the layout cannot be told from
+            it, or `weights` is a name such as "imagenet" rather than a
+            path: normzoo never downloads weights.
+        TypeError: `weights` is not a path.
     """
+    _check_weights(name, weights)
     source = read(weights)
     builder = registry._builder(name)
+    input_shape = _input_shape(builder, source, input_shape)
     accepted = set(inspect.signature(builder.func).parameters)
     given = {"norm": norm, "num_classes": num_classes, **overrides}
 
@@ -75,11 +100,69 @@ def build_with_weights(
     return model
 
 
+def _check_weights(name, weights):
+    """Raises TypeError unless `weights` is a path, and ValueError, saying
+    where such files come from, for a word that names no file (Keras'
+    weights="imagenet")."""
+    if not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(
+            f"weights must be the path of a checkpoint (str or os.PathLike) or None; got "
+            f"{weights!r} of type {type(weights).__name__}."
+        )
+    weights = os.fspath(weights)
+    if not re.fullmatch(r"\w+", weights) or os.path.exists(weights) or os.path.exists(f"{weights}.index"):
+        return
+    if name in _KERAS_APPLICATIONS_MODELS:
+        file_name = f"{name}{_KERAS_APPLICATIONS_SUFFIX}"
+        where = (
+            f"keras.applications' ImageNet weights for {name} are "
+            f"{_KERAS_APPLICATIONS_BASE}{file_name} ({file_name[:-3]}_notop.h5 without the "
+            f"classifier; keras.applications.{_KERAS_APPLICATIONS_MODELS[name]}(weights='imagenet') "
+            f"on a machine with internet access saves it in ~/.keras/models/). Download it, "
+            f"then pass its path: normzoo.models.build({name!r}, weights='/path/to/{file_name}')."
+        )
+    else:
+        where = (
+            f"keras.applications publishes ImageNet weights for "
+            f"{', '.join(_KERAS_APPLICATIONS_MODELS)} only (not {name}); normzoo's own "
+            f"checkpoints are in the repository's checkpoints/ (see its manifest.json), and "
+            f"scripts/train.py makes more. Pass the path of such a file: "
+            f"normzoo.models.build({name!r}, weights='/path/to/model.weights.h5')."
+        )
+    raise ValueError(
+        f"weights={weights!r} names no file: normzoo never downloads weights. `weights` is "
+        f"the path of a checkpoint you have, in a format of normzoo.checkpoints.FORMATS "
+        f"(Keras .weights.h5, .keras and keras.applications .h5 files, TensorFlow and TF-slim "
+        f"checkpoints; not PyTorch files such as torchvision's). {where}"
+    )
+
+
+def _input_shape(builder, source, input_shape):
+    """`input_shape`, checked against the checkpoint's input channels, or
+    the family's default height and width with those channels."""
+    stem = source.weight(_STEM, "kernel")
+    if stem is None:
+        return input_shape
+    channels = int(stem.value.shape[-2])
+    if input_shape is None:
+        default = inspect.signature(builder.func).parameters["input_shape"].default
+        return None if default[-1] == channels else (*default[:-1], channels)
+    if input_shape[-1] != channels:
+        raise ValueError(
+            f"input_shape={tuple(input_shape)!r} has {input_shape[-1]} channels, but the checkpoint "
+            f"{source.path} takes {channels} (its first convolution {_STEM} has a kernel of "
+            f"shape {tuple(stem.value.shape)}): pass input_shape="
+            f"{(*tuple(input_shape)[:-1], channels)!r}, or omit input_shape to take the "
+            f"checkpoint's channels."
+        )
+    return input_shape
+
+
 def _source_classes(source):
     head = source.weight(_HEAD, "kernel")
     if head is not None:
         return int(head.value.shape[-1])
-    if source.weight("conv1_conv", "kernel") is not None:
+    if source.weight(_STEM, "kernel") is not None:
         return 0  # a zoo (or keras.applications) model saved without its top
     return None
 
@@ -90,7 +173,7 @@ def _hints(name, source, accepted, given):
     norm = norm_of(layer_names)
     if norm is not None:
         hints["norm"] = norm
-    stem = source.weight("conv1_conv", "kernel")
+    stem = source.weight(_STEM, "kernel")
     if "width" in accepted and stem is not None:
         hints["width"] = int(stem.value.shape[-1])
     if "layout" in accepted:

@@ -299,6 +299,15 @@ def _fix(source, report):
             "the checkpoint holds NaN/Inf values (a diverged run or a damaged file); "
             "restore an earlier checkpoint."
         )
+    channels = _input_channels_mismatch(report)
+    if channels is not None:
+        model_channels, source_channels = channels
+        return (
+            f"the checkpoint's first convolution takes {source_channels} input channel(s), the "
+            f"model's {model_channels}: build the model with input_shape=(height, width, "
+            f"{source_channels}) (normzoo.models.build(name, weights=path) does when "
+            f"input_shape is not given)."
+        )
     differing = [*report.missing, *(mismatch.variable for mismatch in report.shape_mismatched)]
     source_head = {tensor.source_name for tensor in source.layers.get(_HEAD, {}).values()}
     if (
@@ -311,9 +320,27 @@ def _fix(source, report):
             f"checkpoint's number of classes (num_classes=0 for a file without a top)."
         )
     return (
-        "build the model the checkpoint was saved from: "
+        "build the model the checkpoint was saved from, under the same model name: "
         "normzoo.models.build(name, weights=path) takes the checkpoint's layout, "
-        "normalization and size. To restore only what matches, pass strict=False "
+        "normalization, number of classes, width and input channels, but not its depth. "
+        "To restore only what matches, pass strict=False "
         "(the report names what was not restored); to leave layers out on purpose, "
         "name them in skip=."
     )
+
+
+def _input_channels_mismatch(report):
+    """(model channels, checkpoint channels) if the one difference is the
+    input channels of the stem's kernel (k, k, in, out), else None."""
+    if report.missing or report.unexpected or len(report.shape_mismatched) != 1:
+        return None
+    (mismatch,) = report.shape_mismatched
+    model_shape, source_shape = tuple(mismatch.model_shape), tuple(mismatch.source_shape)
+    if (
+        mismatch.variable != "conv1_conv/kernel"
+        or len(model_shape) != 4
+        or len(source_shape) != 4
+        or model_shape[:2] + model_shape[3:] != source_shape[:2] + source_shape[3:]
+    ):
+        return None
+    return model_shape[2], source_shape[2]

@@ -36,8 +36,10 @@ keras.applications' ResNets:
 
 import dataclasses
 import math
+import numbers
 
 import keras
+import numpy as np
 from keras import ops
 
 from normzoo.layers import BatchNorm, LayerNorm, SkipInit
@@ -58,11 +60,74 @@ DOWNSAMPLE_UNITS = ("first", "last")
 _KERNEL_INITIALIZER = "he_normal"
 
 
-def _check_choice(argument, value, choices):
+def check_choice(argument, value, choices):
+    """Raises ValueError, naming `argument`, `value` and the valid `choices`,
+    unless `value` is one of them."""
     if value not in choices:
         raise ValueError(
             f"Unknown {argument} {value!r}; valid values are {', '.join(map(repr, choices))}."
         )
+
+
+def check_integer(argument, value, minimum, meaning):
+    """Raises TypeError unless `value` is an integer (a bool is not), and
+    ValueError unless it is at least `minimum`; `meaning` says what the
+    argument is, for the message."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{argument} ({meaning}) must be an integer >= {minimum}; got {value!r} of type "
+            f"{type(value).__name__}. Pass an int."
+        )
+    if value < minimum:
+        raise ValueError(f"{argument} ({meaning}) must be an integer >= {minimum}; got {value!r}.")
+
+
+def check_number(argument, value, meaning, *, minimum=-math.inf, below=math.inf):
+    """Raises TypeError unless `value` is a real number (a bool is not), and
+    ValueError unless it is finite, >= `minimum` and < `below`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{argument} ({meaning}) must be a number; got {value!r} of type "
+            f"{type(value).__name__}. Pass a float."
+        )
+    if not (math.isfinite(value) and minimum <= value < below):
+        bounds = [f">= {minimum}"] * (minimum > -math.inf) + [f"< {below}"] * (below < math.inf)
+        raise ValueError(
+            f"{argument} ({meaning}) must be a finite number{' ' if bounds else ''}"
+            f"{' and '.join(bounds)}; got {value!r}."
+        )
+
+
+def check_input_shape(input_shape):
+    """Returns `input_shape` as a tuple after checking that it is
+    (height, width, channels) with positive integers (height and width may
+    be None); raises TypeError or ValueError, naming it, otherwise."""
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    valid = shape is not None and len(shape) == 3 and all(
+        (dimension is None and axis < 2)
+        or (
+            isinstance(dimension, numbers.Integral)
+            and not isinstance(dimension, (bool, np.bool_))
+            and dimension > 0
+        )
+        for axis, dimension in enumerate(shape)
+    )
+    if not valid:
+        raise (TypeError if shape is None else ValueError)(
+            f"input_shape must be (height, width, channels), channels-last, with positive "
+            f"integers (height and width may be None); got {input_shape!r}. Pass e.g. "
+            f"input_shape=(32, 32, 3)."
+        )
+    return shape
+
+
+def model_input(input_shape):
+    """The model's `keras.Input` ("input") of channels-last `input_shape`,
+    checked by `check_input_shape`."""
+    return keras.Input(shape=check_input_shape(input_shape), name="input")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +150,17 @@ class Normalization:
     skipinit_alpha: float | None = None
 
     def __post_init__(self):
-        _check_choice("norm", self.kind, NORMS)
-        if self.skipinit_alpha is not None and self.kind != "skipinit":
-            raise ValueError(
-                f"`skipinit_alpha` applies to norm='skipinit' only; got norm={self.kind!r}."
+        check_choice("norm", self.kind, NORMS)
+        if self.skipinit_alpha is not None:
+            check_number("skipinit_alpha", self.skipinit_alpha, "the initial SkipInit scalar")
+            if self.kind != "skipinit":
+                raise ValueError(
+                    f"`skipinit_alpha` applies to norm='skipinit' only; got norm={self.kind!r}."
+                )
+        if not isinstance(self.synchronized, (bool, np.bool_)):
+            raise TypeError(
+                f"synchronized_bn must be True or False; got {self.synchronized!r} of type "
+                f"{type(self.synchronized).__name__}."
             )
         if self.synchronized and self.kind != "batch":
             raise ValueError(
@@ -125,7 +197,7 @@ class Normalization:
     def use_bias(self, conv_bias, followed_by_norm):
         """Whether a convolution gets a bias under the policy `conv_bias`
         (one of `CONV_BIASES`)."""
-        _check_choice("conv_bias", conv_bias, CONV_BIASES)
+        check_choice("conv_bias", conv_bias, CONV_BIASES)
         if not self.normalizes or conv_bias == "always":
             return True
         return conv_bias == "unnormalized" and not followed_by_norm
@@ -243,7 +315,7 @@ def residual_block(
     Returns:
         The block's output tensor.
     """
-    _check_choice("shortcut", shortcut, SHORTCUTS)
+    check_choice("shortcut", shortcut, SHORTCUTS)
     out_channels = convs[-1][0]
     strides = math.prod(conv_strides for _, _, conv_strides in convs)
 
@@ -309,7 +381,7 @@ def unit_strides(depths, strides, downsample_unit):
     Returns:
         A list with one list of unit strides per stage.
     """
-    _check_choice("downsample_unit", downsample_unit, DOWNSAMPLE_UNITS)
+    check_choice("downsample_unit", downsample_unit, DOWNSAMPLE_UNITS)
     if downsample_unit == "first":
         return [[s] + [1] * (n - 1) for n, s in zip(depths, strides)]
     if strides[0] != 1:
@@ -319,13 +391,30 @@ def unit_strides(depths, strides, downsample_unit):
     return [[1] * (n - 1) + [s] for n, s in zip(depths, [*strides[1:], 1])]
 
 
+def check_classifier(num_classes, classifier_activation):
+    """Raises TypeError or ValueError, naming the argument, unless
+    `num_classes` is an integer >= 0 and `classifier_activation` a Keras
+    activation (None: logits). Builders call it before building anything."""
+    check_integer("num_classes", num_classes, 0, "classes of the classifier, 0 for none")
+    try:
+        keras.activations.get(classifier_activation)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"Unknown classifier_activation {classifier_activation!r} ({error}). Pass None for "
+            f"logits, a Keras activation name such as 'softmax', or a callable."
+        ) from None
+
+
 def classifier_head(x, *, preactivation, norm, num_classes, classifier_activation):
     """Final norm + ReLU (pre-activation networks), global average pooling
     (`avg_pool`) and the dense classifier `predictions` (omitted when
-    `num_classes` is 0: the pooled features are the output)."""
+    `num_classes` is 0: the pooled features are the output); the arguments
+    as `check_classifier` accepts them."""
     if preactivation:
         x = relu(norm.normalize(x, "post"), name="post_relu")
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if num_classes:
-        x = keras.layers.Dense(num_classes, activation=classifier_activation, name="predictions")(x)
+        x = keras.layers.Dense(
+            int(num_classes), activation=classifier_activation, name="predictions"
+        )(x)
     return x

@@ -54,6 +54,8 @@ def cifar_resnet(
     """
     if depth < 8 or (depth - 2) % 6:
         raise ValueError(f"A CIFAR ResNet has 6n + 2 layers (20, 32, 44, ...); got depth={depth}.")
+    blocks.check_integer("width", width, 1, "channels of the stem and the first stage")
+    blocks.check_classifier(num_classes, classifier_activation)
     units_per_stage = (depth - 2) // 6
     normalization = blocks.Normalization(
         norm,
@@ -63,7 +65,7 @@ def cifar_resnet(
         skipinit_alpha=skipinit_alpha,
     )
 
-    inputs = keras.Input(shape=input_shape, name="input")
+    inputs = blocks.model_input(input_shape)
     x = blocks.conv2d(
         inputs, width, 3, use_bias=normalization.use_bias("unnormalized", True), name="conv1"
     )

@@ -6,7 +6,7 @@ import re
 
 import keras
 
-from normzoo.models import cifar_resnet, resnet, wide_resnet
+from normzoo.models import blocks, cifar_resnet, resnet, wide_resnet
 
 _BUILDERS = {
     **{variant: functools.partial(resnet.resnet, variant) for variant in resnet.VARIANTS},
@@ -20,8 +20,9 @@ _WIDE_RESNET = re.compile(r"wrn_(\d+)_(\d+)")
 # Listed by names(); build() accepts any valid wrn_<n>_<k>.
 _LISTED_WIDE_RESNETS = ("wrn_16_4", "wrn_16_8", "wrn_28_10", "wrn_40_4")
 
-# Arguments of every builder that build() sets itself.
-_BUILD_ARGUMENTS = ("norm", "num_classes", "input_shape")
+# Arguments of every builder that build() sets itself ("name" is build's
+# model name, so the builders' model-name argument is out of reach).
+_BUILD_ARGUMENTS = ("norm", "num_classes", "input_shape", "name")
 
 
 def names():
@@ -34,6 +35,11 @@ def names():
 
 
 def _builder(name):
+    if not isinstance(name, str):
+        raise TypeError(
+            f"The model name must be a string; got {name!r} of type {type(name).__name__}. "
+            f"Pass one of normzoo.models.names() or 'wrn_<n>_<k>', e.g. build('resnet20')."
+        )
     if name in _BUILDERS:
         return _BUILDERS[name]
     match = _WIDE_RESNET.fullmatch(name)
@@ -48,7 +54,8 @@ def _builder(name):
 
 
 def check_name(name):
-    """Raises ValueError, naming the valid names, unless `build` accepts `name`.
+    """Raises ValueError (TypeError for a non-string), naming the valid
+    names, unless `build` accepts `name`.
 
     Builds nothing: for validating a configuration before the (possibly slow)
     build.
@@ -79,8 +86,7 @@ def build(name, *, norm=None, num_classes=None, input_shape=None, weights=None, 
         **overrides: Keyword arguments of the family's builder:
             `resnet.resnet` (layout, width, ...), `cifar_resnet.cifar_resnet`
             (width, ...) or `wide_resnet.wide_resnet` (dropout_rate, ...); all
-            take skipinit_alpha, synchronized_bn, classifier_activation and
-            name.
+            take skipinit_alpha, synchronized_bn and classifier_activation.
 
     Returns:
         An uncompiled `keras.Model` mapping images to logits (or features),
@@ -88,11 +94,23 @@ def build(name, *, norm=None, num_classes=None, input_shape=None, weights=None, 
         `weights`, `model.restore_report` says what was restored.
 
     Raises:
-        ValueError: for an unknown model name, norm or override, naming the
-            valid ones.
+        ValueError, TypeError: an unknown model name, norm, layout or
+            override, or an argument of the wrong type or out of range; the
+            message names the argument, the value and what is valid.
+            `weights` that names no file (e.g. "imagenet": normzoo never
+            downloads) is a ValueError saying where such files come from.
         normzoo.checkpoints.RestoreError: `weights` cannot be restored into
             the model (nothing is returned).
     """
+    builder = _builder(name)
+    # Checked here as well as in the builders: with `weights`, they are
+    # compared with the checkpoint before anything is built.
+    if norm is not None:
+        blocks.check_choice("norm", norm, blocks.NORMS)
+    if num_classes is not None:
+        blocks.check_classifier(num_classes, None)
+    if input_shape is not None:
+        input_shape = blocks.check_input_shape(input_shape)
     if weights is not None:
         # Imported here: normzoo.checkpoints builds on normzoo.models.
         from normzoo.checkpoints.build import build_with_weights  # noqa: PLC0415
@@ -100,7 +118,6 @@ def build(name, *, norm=None, num_classes=None, input_shape=None, weights=None, 
         return build_with_weights(
             name, weights, norm=norm, num_classes=num_classes, input_shape=input_shape, **overrides
         )
-    builder = _builder(name)
     parameters = inspect.signature(builder.func).parameters
     valid = [
         key
@@ -113,11 +130,11 @@ def build(name, *, norm=None, num_classes=None, input_shape=None, weights=None, 
             f"Unknown argument(s) {', '.join(unknown)} for {name!r}; "
             f"valid overrides: {', '.join(valid)}."
         )
-    arguments = {"norm": norm or "batch", **overrides}
+    arguments = {"norm": "batch" if norm is None else norm, **overrides}
     if num_classes is not None:
         arguments["num_classes"] = num_classes
     if input_shape is not None:
-        arguments["input_shape"] = tuple(input_shape)
+        arguments["input_shape"] = input_shape
     return builder(**arguments)
 
 

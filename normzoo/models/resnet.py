@@ -122,12 +122,14 @@ def resnet(
     if variant not in VARIANTS:
         raise ValueError(f"Unknown ResNet variant {variant!r}; valid: {', '.join(VARIANTS)}.")
     spec = VARIANTS[variant]
-    if layout not in LAYOUTS or spec.preactivation not in LAYOUTS[layout]:
+    if not isinstance(layout, str) or spec.preactivation not in LAYOUTS.get(layout, {}):
         valid = [key for key, by_version in LAYOUTS.items() if spec.preactivation in by_version]
         raise ValueError(
             f"Unknown layout {layout!r} for {variant}; valid layouts: {', '.join(valid)}."
         )
     style = LAYOUTS[layout][spec.preactivation]
+    blocks.check_integer("width", width, 1, "channels of the stem")
+    blocks.check_classifier(num_classes, classifier_activation)
     normalization = blocks.Normalization(
         norm,
         epsilon=style.epsilon,
@@ -136,7 +138,7 @@ def resnet(
         skipinit_alpha=skipinit_alpha,
     )
 
-    inputs = keras.Input(shape=input_shape, name="input")
+    inputs = blocks.model_input(input_shape)
     # A pre-activation stem has neither norm nor ReLU: the first block's
     # pre-activation provides them.
     x = blocks.conv2d(

@@ -66,6 +66,10 @@ def wide_resnet(
         A `keras.Model`.
     """
     check_depth_and_width(depth, widen_factor)
+    blocks.check_classifier(num_classes, classifier_activation)
+    blocks.check_number(
+        "dropout_rate", dropout_rate, "the fraction of units dropped", minimum=0, below=1
+    )
     units_per_stage = (depth - 4) // 6
     normalization = blocks.Normalization(
         norm,
@@ -75,7 +79,7 @@ def wide_resnet(
         skipinit_alpha=skipinit_alpha,
     )
 
-    inputs = keras.Input(shape=input_shape, name="input")
+    inputs = blocks.model_input(input_shape)
     x = blocks.conv2d(inputs, 16, 3, use_bias=normalization.use_bias("never", True), name="conv1")
     strides = blocks.unit_strides([units_per_stage] * 3, _STAGE_STRIDES, "first")
     for stage, stage_strides in enumerate(strides):

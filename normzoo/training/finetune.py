@@ -60,6 +60,10 @@ class Initialization:
             empty when the checkpoint's classifier was restored.
         report: The `normzoo.checkpoints.RestoreReport`.
         audit: `normzoo.bn.audit` of the model right after the restore.
+        test: {"loss", "accuracy"} of the model as restored, on the test
+            split, before any training step (and before bn="recalibrated"
+            re-estimates the statistics): the baseline of the fine-tuning.
+            `normzoo.training.train` measures it; None until measured.
     """
 
     checkpoint: str
@@ -67,6 +71,7 @@ class Initialization:
     new_head: tuple
     report: checkpoints.RestoreReport
     audit: tuple
+    test: dict | None = None
 
     def to_json(self):
         """A JSON-serializable dict (written to model_dir/restore_report.json)."""
@@ -77,6 +82,7 @@ class Initialization:
             "init_variables": self.init_variables,
             "new_head": list(self.new_head),
             "audit_after_restore": [str(problem) for problem in self.audit],
+            "test_after_restore": self.test,
             "report": report,
         }
 

@@ -9,7 +9,10 @@ in `model_dir`:
                             statistics included), optimizer, step
     tensorboard/            scalars per epoch
     flags.json              the resolved configuration and environment
-    metrics.json            per-epoch history and the final figures
+    metrics.json            per-epoch history and the final figures; for
+                            a run started from `init_checkpoint`, the
+                            restored model's test figures before any step
+                            (`initial_test_accuracy`, `initial_test_loss`)
     restore_report.json     for a run started from `init_checkpoint`: what
                             was restored, skipped (a new classifier) and
                             ignored, and the BatchNorm audit after it
@@ -247,11 +250,15 @@ def _write_json(path, value):
     os.replace(tmp, path)
 
 
-def _read_history(path):
+# metrics.json's figures of the restored model, before fine-tuning.
+_BASELINE_KEYS = ("initial_test_accuracy", "initial_test_loss")
+
+
+def _read_metrics(path):
     if not os.path.exists(path):
-        return []
+        return {}
     with open(path) as f:
-        return json.load(f).get("history", [])
+        return json.load(f)
 
 
 # Fields that change the variables a checkpoint holds, or where they started.
@@ -426,6 +433,12 @@ def train(config, *, strategy=None):
                         f"init_checkpoint={config.init_checkpoint!r} does not fit "
                         f"model={config.model!r} norm={config.norm!r}: {error}"
                     ) from None
+                # The baseline that fine-tuning is to improve on.
+                test = evaluate(
+                    EvalStep(model, strategy),
+                    _distributed_dataset(strategy, config, info.test_split, False, config.seed),
+                )
+                initialization = dataclasses.replace(initialization, test=test)
             if config.bn == "recalibrated" and not latest:  # a resume restores them
                 _recalibrate(config, model)
             # Before the optimizer sees the trainable variables (bn="frozen"
@@ -461,7 +474,17 @@ def _run(
     step = int(optimizer.iterations.numpy())
     total_steps = config.epochs * steps_per_epoch
     metrics_path = os.path.join(out_dir, "metrics.json")
-    history = [h for h in _read_history(metrics_path) if h["epoch"] < step // steps_per_epoch]
+    previous = _read_metrics(metrics_path)
+    history = [h for h in previous.get("history", []) if h["epoch"] < step // steps_per_epoch]
+    # Measured when the run started from init_checkpoint; a resumed run keeps
+    # the figures of that start.
+    if initialization is not None:
+        baseline = {
+            "initial_test_accuracy": initialization.test["accuracy"],
+            "initial_test_loss": initialization.test["loss"],
+        }
+    else:
+        baseline = {key: previous[key] for key in _BASELINE_KEYS if key in previous}
 
     train_step = TrainStep(model, optimizer, strategy, config.batch_size, config.jit_compile)
     eval_step = EvalStep(model, strategy)
@@ -539,7 +562,9 @@ def _run(
         writer.flush()
         # Before the checkpoint: a run killed in between redoes this epoch's
         # last steps and replaces its record (see `history` above).
-        _write_json(metrics_path, {"steps": step, "total_steps": total_steps, "history": history})
+        _write_json(
+            metrics_path, {"steps": step, "total_steps": total_steps, **baseline, "history": history}
+        )
         if last_saved != step:
             _save_checkpoint(manager, model, optimizer, step)
             last_saved = step
@@ -564,6 +589,7 @@ def _run(
         "total_steps": total_steps,
         "test_accuracy": history[-1]["test_accuracy"],
         "test_loss": history[-1]["test_loss"],
+        **baseline,
         "train_seconds_this_run": time.time() - started,
         "xla": train_step.describe(),
         "history": history,
@@ -607,6 +633,11 @@ def _log_initialization(config, initialization, chief, out_dir):
         config,
         f"Initialized from {config.init_checkpoint} (init_variables={config.init_variables}, "
         f"bn={config.bn}); {head}.\n{report}",
+    )
+    _log(
+        config,
+        f"Restored model, before fine-tuning: test loss {initialization.test['loss']:.4f} "
+        f"accuracy {initialization.test['accuracy']:.4f}",
     )
     if initialization.audit:
         logging.warning(

@@ -207,3 +207,90 @@ def test_any_tf2_checkpoint_of_a_model_restores_without_its_optimizer(tools, tmp
     np.testing.assert_array_equal(
         model(inputs, training=False).numpy(), source(inputs, training=False).numpy()
     )
+
+
+def _grey_checkpoint(tools, tmp_path):
+    """A randomized ResNet-20 (width 4, 5 classes) for 1-channel 32x32
+    images, as the digits checkpoints are, and its .weights.h5."""
+    source = models.build("resnet20", input_shape=(32, 32, 1), num_classes=5, width=4)
+    tools.randomize(source)
+    path = tmp_path / "grey.weights.h5"
+    source.save_weights(path)
+    return source, path
+
+
+def test_a_checkpoint_of_grey_images_builds_with_its_input_channels(tools, tmp_path):
+    source, path = _grey_checkpoint(tools, tmp_path)
+    inputs = tools.images(shape=(32, 32, 1))
+
+    model = models.build("resnet20", weights=path)
+
+    assert model.input_shape == (None, 32, 32, 1)
+    assert model.restore_report.complete
+    np.testing.assert_array_equal(
+        model(inputs, training=False).numpy(), source(inputs, training=False).numpy()
+    )
+
+
+def test_input_shape_with_other_channels_than_the_checkpoint_names_input_shape(tools, tmp_path):
+    _, path = _grey_checkpoint(tools, tmp_path)
+    with pytest.raises(ValueError) as error:
+        models.build("resnet20", weights=path, input_shape=(32, 32, 3))
+    message = str(error.value)
+    assert "input_shape=(32, 32, 3) has 3 channels" in message
+    assert "takes 1" in message and "pass input_shape=(32, 32, 1)" in message
+
+    # Restoring into a model already built for 3 channels: the fix names
+    # input_shape, not the call that already takes the checkpoint's.
+    model = models.build("resnet20", input_shape=(32, 32, 3), num_classes=5, width=4)
+    before = [variable.numpy() for variable in model.weights]
+    with pytest.raises(checkpoints.RestoreError) as error:
+        checkpoints.restore(model, path)
+    fix = str(error.value).split("\nFix: ")[1]
+    assert fix.startswith(
+        "the checkpoint's first convolution takes 1 input channel(s), the model's 3: build the "
+        "model with input_shape=(height, width, 1)"
+    )
+    for variable, value in zip(model.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet101v2"])
+def test_weights_imagenet_says_normzoo_never_downloads_and_where_the_file_is(name):
+    # Keras' own constants (keras.applications downloads from there) are
+    # the reference for the address in the message.
+    from keras.src.applications import resnet as keras_resnet
+
+    file_name = f"{name}_weights_tf_dim_ordering_tf_kernels.h5"
+    with pytest.raises(ValueError) as error:
+        models.build(name, weights="imagenet")
+    message = str(error.value)
+    assert message.startswith("weights='imagenet' names no file: normzoo never downloads weights.")
+    assert f"{keras_resnet.BASE_WEIGHTS_PATH}{file_name}" in message
+    assert f"normzoo.models.build({name!r}, weights='/path/to/{file_name}')" in message
+
+
+def test_weights_imagenet_for_a_model_keras_publishes_nothing_for_says_so():
+    with pytest.raises(ValueError) as error:
+        models.build("resnet20", weights="imagenet")
+    message = str(error.value)
+    assert "never downloads" in message and "(not resnet20)" in message
+    assert "checkpoints/" in message
+
+
+def test_weights_that_are_no_path_are_refused_naming_weights():
+    with pytest.raises(TypeError, match=r"weights must be the path of a checkpoint .* got 3 of type int"):
+        models.build("resnet20", weights=3)
+
+
+def test_a_file_named_like_a_word_is_still_read(tools, tmp_path, monkeypatch):
+    source, path = _grey_checkpoint(tools, tmp_path)
+    path.rename(tmp_path / "imagenet")
+    monkeypatch.chdir(tmp_path)
+    inputs = tools.images(shape=(32, 32, 1))
+
+    model = models.build("resnet20", weights="imagenet")
+
+    np.testing.assert_array_equal(
+        model(inputs, training=False).numpy(), source(inputs, training=False).numpy()
+    )

@@ -133,3 +133,61 @@ def test_height_and_width_may_be_left_open(name, overrides):
     model = models.build(name, num_classes=3, input_shape=(None, None, 3), **overrides)
     for size in (32, 40):
         assert model(np.zeros((2, size, size, 3), "float32")).shape == (2, 3)
+
+
+_NORMS_TEXT = "'batch', 'layer', 'skipinit', 'none'"
+# (model, arguments, exception, what the message must contain: the argument,
+# the value and what is valid). Before build checked them, the first two
+# built a BatchNorm model, num_classes=True a 1-class one, and the rest
+# failed inside Keras without naming the argument.
+_BAD_ARGUMENTS = {
+    "norm_empty": ("resnet20", {"norm": ""}, ValueError, ["norm ''", _NORMS_TEXT]),
+    "norm_zero": ("resnet20", {"norm": 0}, ValueError, ["norm 0", _NORMS_TEXT]),
+    "classes_negative": ("resnet20", {"num_classes": -1}, ValueError, ["num_classes", ">= 0", "got -1"]),
+    "classes_float": ("resnet20", {"num_classes": 2.5}, TypeError, ["num_classes", ">= 0", "got 2.5"]),
+    "classes_string": ("resnet20", {"num_classes": "10"}, TypeError, ["num_classes", ">= 0", "got '10'"]),
+    "classes_bool": ("resnet20", {"num_classes": True}, TypeError, ["num_classes", ">= 0", "got True"]),
+    "width_zero": ("resnet20", {"width": 0}, ValueError, ["width", ">= 1", "got 0"]),
+    "width_float": ("resnet18", {"width": 2.5}, TypeError, ["width", ">= 1", "got 2.5"]),
+    "input_rank": ("resnet20", {"input_shape": (32, 32)}, ValueError, ["input_shape", "(height, width, channels)", "got (32, 32)"]),
+    "input_int": ("resnet20", {"input_shape": 32}, TypeError, ["input_shape", "(height, width, channels)", "got 32"]),
+    "input_zero_channels": ("wrn_10_1", {"input_shape": (8, 8, 0)}, ValueError, ["input_shape", "got (8, 8, 0)"]),
+    "input_open_channels": ("wrn_10_1", {"input_shape": (8, 8, None)}, ValueError, ["input_shape", "got (8, 8, None)"]),
+    "input_negative": ("resnet18", {"input_shape": (-1, 32, 3)}, ValueError, ["input_shape", "got (-1, 32, 3)"]),
+    "alpha_string": ("resnet20", {"norm": "skipinit", "skipinit_alpha": "x"}, TypeError, ["skipinit_alpha", "number", "got 'x'"]),
+    "alpha_nan": ("resnet20", {"norm": "skipinit", "skipinit_alpha": float("nan")}, ValueError, ["skipinit_alpha", "finite", "got nan"]),
+    "sync_string": ("resnet20", {"synchronized_bn": "yes"}, TypeError, ["synchronized_bn", "True or False", "got 'yes'"]),
+    "activation": ("resnet20", {"classifier_activation": "bogus"}, ValueError, ["classifier_activation 'bogus'", "'softmax'"]),
+    "layout": ("resnet18", {"layout": "tf"}, ValueError, ["layout 'tf'", "keras, torchvision, slim"]),
+    "dropout": ("wrn_10_1", {"dropout_rate": 1.0}, ValueError, ["dropout_rate", ">= 0 and < 1", "got 1.0"]),
+    "name_none": (None, {}, TypeError, ["model name", "got None", "normzoo.models.names()"]),
+    "name_int": (20, {}, TypeError, ["model name", "got 20", "normzoo.models.names()"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_BAD_ARGUMENTS))
+def test_a_bad_argument_is_refused_naming_it_its_value_and_what_is_valid(case):
+    name, arguments, exception, expected = _BAD_ARGUMENTS[case]
+    with pytest.raises(exception) as error:
+        models.build(name, **arguments)
+    for text in expected:
+        assert text in str(error.value)
+
+
+def test_numpy_integers_and_a_list_shape_are_accepted_as_numbers_and_a_shape():
+    model = models.build(
+        "resnet20", num_classes=np.int64(3), width=np.int64(2), input_shape=[8, 8, np.int64(1)]
+    )
+    assert model.input_shape == (None, 8, 8, 1)
+    assert model.output_shape == (None, 3)
+    assert model.get_layer("conv1_conv").filters == 2
+
+
+def test_the_model_name_override_of_the_builders_is_not_offered():
+    # build's first argument is the model name, so a builder's `name` cannot
+    # be passed through it: the error must not list it as valid.
+    with pytest.raises(ValueError) as error:
+        models.build("resnet20", layout="keras")
+    assert str(error.value).endswith(
+        "valid overrides: width, skipinit_alpha, synchronized_bn, classifier_activation."
+    )

@@ -50,6 +50,7 @@ def main():
         else:
             raise ValueError(f"Unknown kill point {point!r}")
     sys.argv = [str(SCRIPT), *sys.argv[1:]]
+    sys.path.insert(0, str(SCRIPT.parent))  # as `python scripts/train.py` has it (scripts/_app.py)
     runpy.run_path(str(SCRIPT), run_name="__main__")
 
 

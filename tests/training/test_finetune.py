@@ -192,7 +192,7 @@ def test_resuming_an_interrupted_finetune_continues_from_its_own_checkpoint(
     straight = train(tiny_config(tmp_path / "straight", init_checkpoint, bn="frozen_stats"))
     interrupted = tmp_path / "interrupted"
     config = tiny_config(interrupted, init_checkpoint, bn="frozen_stats", checkpoint_steps=2, max_checkpoints=10)
-    train(config)
+    started = train(config)
     checkpoints = interrupted / "checkpoints"
     for path in checkpoints.glob("ckpt-6.*"):
         path.unlink()
@@ -207,8 +207,54 @@ def test_resuming_an_interrupted_finetune_continues_from_its_own_checkpoint(
 
     assert resumed.initialization is None
     assert resumed.metrics["steps"] == 6
+    # The restored model's baseline was measured when the run started (the
+    # init checkpoint is gone now); the resumed run keeps those figures.
+    for figure in ("accuracy", "loss"):
+        key = f"initial_test_{figure}"
+        assert resumed.metrics[key] == started.metrics[key] == started.initialization.test[figure]
     for a, b in zip(straight.model.weights, resumed.model.weights):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=1e-6, err_msg=a.path)
+
+
+def test_the_restored_models_test_accuracy_is_recorded_before_fine_tuning(tmp_path, tiny_config):
+    # The shipped ResNet-20 (97.8% on the digits at 32x32): a baseline far
+    # from chance, so that an evaluation of another model (fresh weights, a
+    # new classifier, after a training step) could not give the same figures.
+    path = Path(__file__).resolve().parents[2] / "checkpoints" / "resnet20_batch_digits.weights.h5"
+    config = tiny_config(
+        tmp_path, path, model="resnet20", image_size=32, bn="frozen_stats", epochs=1,
+        steps_per_epoch=1, learning_rate=0.5,
+    )
+
+    result = train(config)
+
+    # Independently: Keras' own load_weights, and a NumPy accuracy of the
+    # whole test split in one call.
+    model = models.build("resnet20", input_shape=(32, 32, 1))
+    model.load_weights(path)
+    images, labels = zip(
+        *((x.numpy(), y.numpy()) for x, y in data.load("digits", "test", global_batch_size=360, training=False, image_size=32))
+    )
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    logits = model(images, training=False).numpy()
+    accuracy = np.mean(np.argmax(logits, -1) == labels)
+    shifted = logits - logits.max(-1, keepdims=True)
+    loss = np.mean(np.log(np.exp(shifted).sum(-1)) - shifted[np.arange(len(labels)), labels])
+    assert accuracy > 0.9
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["initial_test_accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    assert metrics["initial_test_loss"] == pytest.approx(loss, rel=1e-5)
+    assert result.metrics["initial_test_accuracy"] == metrics["initial_test_accuracy"]
+    written = json.loads((tmp_path / "restore_report.json").read_text())
+    assert written["test_after_restore"]["accuracy"] == metrics["initial_test_accuracy"]
+    # One step at a large learning rate moved the model: the final figure is another one.
+    assert metrics["test_loss"] != pytest.approx(loss, rel=1e-3)
+
+
+def test_a_run_without_init_checkpoint_records_no_baseline(tmp_path, tiny_config):
+    metrics = train(tiny_config(tmp_path, epochs=1, steps_per_epoch=1)).metrics
+    assert "initial_test_accuracy" not in metrics and "initial_test_loss" not in metrics
 
 
 def test_a_missing_init_checkpoint_is_a_clear_error_and_nothing_is_trained(tmp_path, tiny_config):
@@ -258,6 +304,12 @@ def test_finetune_script_runs_end_to_end(tmp_path, init_checkpoint, reference):
 
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["steps"] == 2 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    baseline = re.search(
+        r"Restored model, before fine-tuning: test loss (\S+) accuracy (\S+)\n", completed.stdout
+    )
+    assert baseline, completed.stdout[-3000:]
+    assert float(baseline[2]) == pytest.approx(metrics["initial_test_accuracy"], abs=5e-5)
+    assert float(baseline[1]) == pytest.approx(metrics["initial_test_loss"], abs=5e-5)
     flags = json.loads((model_dir / "flags.json").read_text())
     config = flags["config"]
     assert config["bn"] == "frozen_stats" and config["init_checkpoint"] == str(init_checkpoint)
