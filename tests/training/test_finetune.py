@@ -202,6 +202,14 @@ def test_trainable_only_restore_leaves_initial_statistics_that_audit_names(
     assert sorted(written["report"]["skipped"]) == sorted([*statistics, *HEAD])
     trainable_body = [p for p in reference if not p.endswith(STATISTICS) and p.split("/")[0] != "predictions"]
     assert sorted(written["report"]["restored"]) == sorted(trainable_body)
+    # What the run started from (training has changed it since): the
+    # checkpoint's trainable variables, as Keras reads them.
+    model = _wrn(10)
+    source = finetune.read_init_checkpoint(str(init_checkpoint), "batch")
+    finetune.initialize(model, str(init_checkpoint), source, init_variables="trainable")
+    for variable in model.trainable_weights:
+        if variable.path in trainable_body:
+            np.testing.assert_array_equal(variable.numpy(), reference[variable.path], err_msg=variable.path)
 
 
 def test_resuming_an_interrupted_finetune_continues_from_its_own_checkpoint(
