@@ -462,15 +462,64 @@ def test_fold_outputs_equal_the_original_model(name):
     assert np.abs(outputs - expected).max() <= 1e-4 * max(scale, 1.0)
 
 
-def test_folded_model_is_a_copy():
-    model = _calibrated("resnet18")
-    folded = bn.fold(model)
+def test_folded_model_is_a_copy(monkeypatch):
     inputs = _data(2, seed=1)
-    expected = folded(inputs, training=False).numpy()
+    calibrated = _calibrated("resnet18").get_weights()
 
-    _randomize(model, seed=5)
+    def calibrated_model():
+        model = _tiny()
+        model.set_weights(calibrated)
+        return model
 
-    np.testing.assert_array_equal(folded(inputs, training=False).numpy(), expected)
+    def assert_fold_leaves_the_original_as_it_was():
+        model = calibrated_model()
+        before = model(inputs, training=False).numpy()
+        bn.fold(model)
+        np.testing.assert_array_equal(model(inputs, training=False).numpy(), before)
+
+    def assert_later_changes_do_not_reach_the_copy():
+        model = calibrated_model()
+        folded = bn.fold(model)
+        expected = folded(inputs, training=False).numpy()
+        original = model(inputs, training=False).numpy()
+        # Every variable changes: statistics, affine terms, biases, and the
+        # kernels, which fold rewrites.
+        _randomize(model, seed=5)
+        for variable in model.weights:
+            if variable.path.endswith("kernel"):
+                variable.assign(-variable)
+        assert not np.allclose(model(inputs, training=False).numpy(), original)
+        np.testing.assert_array_equal(folded(inputs, training=False).numpy(), expected)
+
+    assert_fold_leaves_the_original_as_it_was()
+    assert_later_changes_do_not_reach_the_copy()
+
+    # Each check fails for the broken fold it is meant to catch.
+    fold, fold_weights = bn.fold, bn._fold_weights
+
+    def fold_in_place(conv, norm):  # writes the folded kernel into the original
+        weights = fold_weights(conv, norm)
+        conv.kernel.assign(weights[0])
+        return weights
+
+    def fold_sharing_kernels(model):  # the copy uses the original's kernels
+        folded = fold(model)
+        for layer in folded.layers:
+            if isinstance(layer, keras.layers.Conv2D):
+                kernel = layer.kernel.numpy()
+                # Past Keras' tracking, which forbids new variables once built.
+                object.__setattr__(layer, "_kernel", model.get_layer(layer.name).kernel)
+                layer.kernel.assign(kernel)
+        return folded
+
+    with monkeypatch.context() as broken:
+        broken.setattr(bn, "_fold_weights", fold_in_place)
+        with pytest.raises(AssertionError, match="not equal"):
+            assert_fold_leaves_the_original_as_it_was()
+    with monkeypatch.context() as broken:
+        broken.setattr(bn, "fold", fold_sharing_kernels)
+        with pytest.raises(AssertionError, match="not equal"):
+            assert_later_changes_do_not_reach_the_copy()
 
 
 def test_fold_keeps_a_batch_norm_after_an_activated_convolution():

@@ -154,6 +154,11 @@ def test_num_classes_zero_leaves_the_checkpoints_classifier_out(tools, tmp_path)
     assert {reason for _, reason in report.ignored} == {"the model has no layer 'predictions'"}
     assert len(report.ignored) == 2
     assert features.output_shape == (None, 32)
+    inputs = tools.images()
+    pooled = keras.Model(source.input, source.get_layer("avg_pool").output)
+    np.testing.assert_array_equal(
+        features(inputs, training=False).numpy(), pooled(inputs, training=False).numpy()
+    )
 
 
 def test_restore_under_a_mirrored_strategy_reaches_every_replica(

@@ -5,6 +5,7 @@ keeps them, and its predictions do not depend on what else is in the batch.
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from normzoo import bn, checkpoints, layers, models
 
@@ -25,9 +26,20 @@ def test_trainable_only_restore_leaves_initial_statistics_that_audit_names(slim_
     statistics = [variable.path for variable in model.non_trainable_weights]
 
     # The article's restore: the trainable variables only, asked for by name.
-    report = checkpoints.restore(model, slim_checkpoints / f"{NETWORK}.ckpt", skip=statistics)
+    path = slim_checkpoints / f"{NETWORK}.ckpt"
+    report = checkpoints.restore(model, path, skip=statistics)
 
     assert report.complete and sorted(report.skipped) == sorted(statistics)
+    # The trainable variables hold the checkpoint's tensors, read by
+    # TensorFlow (the slim name of each is checked in test_slim).
+    reader = tf.train.load_checkpoint(str(path))
+    names = checkpoints.read(path).layers
+    for layer in model.layers:
+        for variable in layer.trainable_weights:
+            tensor = reader.get_tensor(names[layer.name][variable.name].source_name)
+            np.testing.assert_array_equal(
+                variable.numpy(), np.reshape(tensor, variable.shape), err_msg=variable.path
+            )
     assert sorted(report.unrestored_statistics) == sorted(statistics)
     assert "BatchNorm moving statistic(s) not restored" in str(report)
     for name in _norm_names(model):
@@ -99,8 +111,6 @@ def test_a_checkpoint_without_statistics_cannot_restore_silently(
     # A checkpoint saved from the trainable variables only (the article's
     # saver): a strict restore refuses it, a lenient one names every lost
     # statistic.
-    import tensorflow as tf
-
     reader = tf.train.load_checkpoint(str(slim_checkpoints / f"{NETWORK}.ckpt"))
     trainable_only = {
         name: tf.Variable(reader.get_tensor(name), name=name)

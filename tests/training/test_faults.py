@@ -101,39 +101,63 @@ def _assert_finished(model_dir, total_steps, epochs):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
+def _assert_resumed_from(log_path, model_dir, step):
+    """The start whose output is in `log_path` resumed from the checkpoint
+    of `step` (started afresh when `step` is 0), as its log says."""
+    text = log_path.read_text()
+    resumed = [line for line in text.splitlines() if line.startswith("Resumed from")]
+    expected = [f"Resumed from {model_dir / 'checkpoints' / f'ckpt-{step}'} at step {step}."] if step else []
+    assert resumed == expected, f"{log_path.name}: expected {expected}, found {resumed}"
+
+
 def test_a_run_killed_at_random_moments_and_in_checkpoint_writes_finishes_intact(tmp_path):
     model_dir = tmp_path / "run"
-    log_path = tmp_path / "log.txt"
     rng = random.Random(6)
     trials = []
-    with open(log_path, "w") as log:
-        # In a checkpoint write: the 2nd save before its files exist, then
-        # the 3rd save of the restarted run after its files and the deletion of the oldest
-        # checkpoint (3 are kept), before the state file drops it.
-        for fault in ("before_merge:2", "before_state:6"):
-            before = _latest_step(model_dir)
-            process = _start(_command(model_dir), _environment(NORMZOO_KILL_IN_CHECKPOINT=fault), log)
-            assert _wait(process) == -signal.SIGKILL, log_path.read_text()[-3000:]
-            resumed_from = _assert_latest_checkpoint_restores(model_dir)
-            assert resumed_from > before or fault.startswith("before_merge")
-            trials.append((fault, resumed_from))
-        # At random moments: once training has passed a random checkpoint
-        # (well before the end), after a random delay of up to 0.3 s.
-        for trial in range(5):
-            target = min(_latest_step(model_dir) + CHECKPOINT_STEPS * rng.randint(1, 3), TOTAL_STEPS - 20)
-            delay = rng.uniform(0.0, 0.3)
-            process = _start(_command(model_dir), _environment(), log)
-            deadline = time.monotonic() + TIMEOUT_SECONDS
-            while _latest_step(model_dir) < target and process.poll() is None:
-                assert time.monotonic() < deadline, "no progress"
-                time.sleep(0.01)
-            time.sleep(delay)
-            process.send_signal(signal.SIGKILL)
-            assert _wait(process) == -signal.SIGKILL, f"trial {trial} ended before the kill"
-            trials.append((f"random {target}+{delay:.2f}s", _assert_latest_checkpoint_restores(model_dir)))
-        # And the last start finishes.
-        process = _start(_command(model_dir), _environment(), log)
-        assert _wait(process) == 0, log_path.read_text()[-3000:]
+    starts = 0
+
+    def start(environment):
+        """Starts the run again; returns the process, its log and the step
+        of the checkpoint it must resume from."""
+        nonlocal starts
+        starts += 1
+        log_path = tmp_path / f"log-{starts}.txt"
+        resume_step = _latest_step(model_dir)
+        with open(log_path, "w") as log:
+            process = _start(_command(model_dir), environment, log)
+        return process, log_path, resume_step
+
+    # In a checkpoint write: the 2nd save (step 4) before its files exist,
+    # so that ckpt-2 stays the latest; then the 3rd save of the restarted
+    # run (step 8) after its files, its entry in the state file and the
+    # deletion of the oldest checkpoint (3 are kept), before the state file
+    # drops the deleted one: ckpt-8 is the latest, and the state file still
+    # lists a ckpt-2 that is gone.
+    for fault, latest in (("before_merge:2", 2), ("before_state:6", 8)):
+        process, log_path, resume_step = start(_environment(NORMZOO_KILL_IN_CHECKPOINT=fault))
+        assert _wait(process) == -signal.SIGKILL, log_path.read_text()[-3000:]
+        _assert_resumed_from(log_path, model_dir, resume_step)
+        assert _assert_latest_checkpoint_restores(model_dir) == latest
+        trials.append((fault, latest))
+    # At random moments: once training has passed a random checkpoint
+    # (well before the end), after a random delay of up to 0.3 s.
+    for trial in range(5):
+        target = min(_latest_step(model_dir) + CHECKPOINT_STEPS * rng.randint(1, 3), TOTAL_STEPS - 20)
+        delay = rng.uniform(0.0, 0.3)
+        process, log_path, resume_step = start(_environment())
+        deadline = time.monotonic() + TIMEOUT_SECONDS
+        while _latest_step(model_dir) < target and process.poll() is None:
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.01)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        assert _wait(process) == -signal.SIGKILL, f"trial {trial} ended before the kill"
+        _assert_resumed_from(log_path, model_dir, resume_step)
+        trials.append((f"random {target}+{delay:.2f}s", _assert_latest_checkpoint_restores(model_dir)))
+    # And the last start finishes.
+    process, log_path, resume_step = start(_environment())
+    assert _wait(process) == 0, log_path.read_text()[-3000:]
+    _assert_resumed_from(log_path, model_dir, resume_step)
     steps = [step for _, step in trials]
     assert steps == sorted(steps), trials  # a kill never loses an earlier checkpoint
     _assert_finished(model_dir, TOTAL_STEPS, EPOCHS)
