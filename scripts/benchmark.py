@@ -6,8 +6,10 @@ benchmark.json (the numbers, the flags and the machine) to --output_dir:
   P1  ResNet-50 training images/s, normzoo (keras.applications layout) /
       keras.applications.ResNet50, same batch, same step code, tf.function
       with and without jit_compile                               target >= 1.0
-  P2  normzoo BatchNorm / keras BatchNormalization step time in a small
-      conv net (scripts/benchmark_layers.py), eager, graph, XLA   target <= 1.05
+  P2  normzoo BatchNorm / keras BatchNormalization step time, eager, graph,
+      XLA, in a small conv net, in the same with renorm=True, and in a
+      masked sequence model (Embedding(mask_zero=True) -> BatchNorm ->
+      LSTM)                                                      target <= 1.05
   P3  inference speed-up of normzoo.bn.fold on the P1 ResNet-50  target >= 1.3
   P4  step time with synchronized / unsynchronized BatchNorm on 2 replicas
       (MirroredStrategy over 2 logical CPU devices, in a subprocess, since

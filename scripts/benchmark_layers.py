@@ -1,10 +1,11 @@
 """Step time of normzoo BatchNorm vs keras BatchNormalization, alone: figure
 P2 of scripts/benchmark.py, with its flags.
 
-A small conv net built with each of the two layers, trained side by side
-in alternating rounds so that machine noise hits both alike
-(`normzoo.benchmarks.p2_batch_norm`); the figure is the ratio of the
-median step times, normzoo / keras (target <= 1.05). Writes
+In a small conv net, the same with renorm=True, and a masked sequence model
+(Embedding(mask_zero=True) -> BatchNorm -> LSTM), each built with both
+layers, trained side by side in alternating rounds so that machine noise
+hits both alike (`normzoo.benchmarks.p2_batch_norm`); the figure is the
+ratio of the median step times, normzoo / keras (target <= 1.05). Writes
 BENCHMARK_LAYERS.md and benchmark_layers.json.
 
     python scripts/benchmark_layers.py --output_dir=scripts/results

@@ -1,6 +1,6 @@
 """normzoo.benchmarks: what P2 compares is the same computation in both
-libraries (checked against Keras), targets are checked as written, and bad
-settings name themselves. No timings are asserted."""
+libraries (checked against Keras and NumPy), targets are checked as
+written, and bad settings name themselves. No timings are asserted."""
 
 import dataclasses
 
@@ -11,7 +11,9 @@ import pytest
 from normzoo.benchmarks import Settings, measurement, p2_batch_norm
 from normzoo.layers import BatchNorm
 
-TINY = Settings(layers_batch_size=4, layers_image_size=8)
+TINY = Settings(
+    layers_batch_size=4, layers_image_size=8, sequence_batch_size=6, sequence_length=5
+)
 
 
 def _batch_norms(model):
@@ -35,6 +37,27 @@ def test_each_case_computes_the_same_with_both_layers(case_name):
             built["normzoo"](inputs, training=training),
             built["keras"](inputs, training=training),
             rtol=1e-5, atol=1e-5,
+        )
+
+
+def test_masked_sequence_statistics_come_from_the_unpadded_positions_only():
+    case = p2_batch_norm.CASES["masked_sequence"]
+    tokens, _ = case.batch(TINY)
+    tokens = tokens.numpy()
+    padded = tokens == 0
+    assert padded.any() and (~padded).all(axis=1).any() and (~padded[:, 0]).all()
+    for name, model in p2_batch_norm.build_models(case, TINY).items():
+        if name == "without":
+            assert not _batch_norms(model)
+            continue
+        (layer,) = _batch_norms(model)
+        (embedding,) = [layer for layer in model.layers if isinstance(layer, keras.layers.Embedding)]
+        values = embedding(tokens).numpy()[~padded]  # (unpadded positions, features)
+        model(tokens, training=True)
+        momentum = layer.momentum
+        np.testing.assert_allclose(layer.moving_mean.numpy(), (1 - momentum) * values.mean(axis=0), atol=1e-6)
+        np.testing.assert_allclose(
+            layer.moving_variance.numpy(), momentum + (1 - momentum) * values.var(axis=0), atol=1e-6
         )
 
 

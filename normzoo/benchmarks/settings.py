@@ -58,6 +58,8 @@ class Settings:
         + "; ".join(f"{name}: {case.description}" for name, case in p2_batch_norm.CASES.items()) + ".",
         used_by=("P2",),
     )
+    sequence_batch_size: int = _setting(32, "Batch of P2's masked sequence model.", quick=4, used_by=("P2",))
+    sequence_length: int = _setting(32, "Padded length of P2's sequences.", quick=6, used_by=("P2",))
     sync_bn_model: str = _setting("resnet20", "Model of P4.", quick="wrn_10_1", used_by=("P4",))
     sync_bn_batch_size: int = _setting(64, "Global batch of P4 (split over 2 replicas).", quick=4, used_by=("P4",))
     sync_bn_image_size: int = _setting(32, "Image size of P4.", quick=8, used_by=("P4",))
