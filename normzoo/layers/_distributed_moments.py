@@ -16,9 +16,16 @@ all-reduces, then E[x^2] - E[x]^2), neither cancels catastrophically when
 those of the selected values, per channel). `batch_norm_training`
 normalizes with them and has batch normalization's closed-form gradient,
 whose two global sums per channel take one all-reduce.
+
+An unsynchronized BatchNorm communicates nothing in training; its
+per-replica moving statistics drift apart, and `replica_mean` gives every
+replica their average to normalize with in inference.
 """
 
 import tensorflow as tf
+
+# No public equivalent: whether a graph is traced for XLA (jit_compile=True).
+from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
 
 from normzoo.layers._fused import selected_only
 from normzoo.layers._statistics import shifted_moments
@@ -35,23 +42,64 @@ def sync_replica_context():
     return context
 
 
-def _outside_xla_clusters(collective):
+def _outside_xla_clusters(context, collective):
     # On CPU, XLA cannot compile collectives (measured, see DESIGN.md): when a
     # training step compiles the replica's forward/backward with jit_scope, the
     # collective must stay outside the compiled cluster. Where a whole
     # function is compiled with jit_compile=True (GPU/TPU), this scope is moot.
     if tf.executing_eagerly():
         return collective()
+    _refuse_whole_function_xla_without_collectives(context)
     with tf.xla.experimental.jit_scope(compile_ops=False):
         return collective()
 
 
+def _refuse_whole_function_xla_without_collectives(context):
+    # Where XLA compiles a replica's function whole (jit_compile=True, e.g.
+    # Keras' compile(jit_compile=True)) on devices whose collectives it cannot
+    # compile (CPU), the strategy's collective goes through merge_call, which
+    # fails there with a message that names neither the layer nor the fix.
+    uses_merge_call = getattr(context.strategy.extended, "_use_merge_call", lambda: False)()
+    if uses_merge_call and GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        raise RuntimeError(
+            "BatchNorm needs an all-reduce across the replicas here (to normalize with "
+            "the average of the replicas' moving statistics, or, with synchronized=True, "
+            "with the global batch's statistics), and XLA compiles this replica "
+            "function whole (jit_compile=True) on devices where it cannot compile "
+            "collectives (CPU). Run it without XLA: model.compile(jit_compile=False), "
+            "Keras' default under a distribution strategy, or a tf.function without "
+            "jit_compile around strategy.run (a custom loop may compile the rest of "
+            "the replica's step with tf.xla.experimental.jit_scope, as "
+            "normzoo.training does)."
+        )
+
+
 def _gather(context, value):
-    return _outside_xla_clusters(lambda: context.all_gather(value, axis=0))
+    return _outside_xla_clusters(context, lambda: context.all_gather(value, axis=0))
 
 
 def _sum(context, value):
-    return _outside_xla_clusters(lambda: context.all_reduce(tf.distribute.ReduceOp.SUM, value))
+    return _outside_xla_clusters(
+        context, lambda: context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+    )
+
+
+def replica_mean(context, values):
+    """The mean over the replicas of `context` of each tensor in `values`
+    (each replica passes its own), in one all-reduce of them all packed
+    into one vector.
+
+    This is how an unsynchronized BatchNorm reads its per-replica moving
+    statistics in inference: the value that a cross-replica read, and so a
+    checkpoint, gives. The mean does not depend on the batch, so the
+    collective waits on no layer before it and runs beside them."""
+    tensors = [tf.convert_to_tensor(v) for v in values]
+    sizes = [t.shape.num_elements() for t in tensors]
+    packed = tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
+    mean = _outside_xla_clusters(
+        context, lambda: context.all_reduce(tf.distribute.ReduceOp.MEAN, packed)
+    )
+    return [tf.reshape(m, tf.shape(t)) for m, t in zip(tf.split(mean, sizes), tensors)]
 
 
 def global_moments(x, axes, context, mask=None):
