@@ -57,10 +57,17 @@ def _outside_xla_clusters(context, collective):
 def _refuse_whole_function_xla_without_collectives(context):
     # Where XLA compiles a replica's function whole (jit_compile=True, e.g.
     # Keras' compile(jit_compile=True)) on devices whose collectives it cannot
-    # compile (CPU), the strategy's collective goes through merge_call, which
-    # fails there with a message that names neither the layer nor the fix.
-    uses_merge_call = getattr(context.strategy.extended, "_use_merge_call", lambda: False)()
-    if uses_merge_call and GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+    # compile (CPU), the mirrored strategies' collectives go through
+    # merge_call, which fails there with a message that names neither the
+    # layer nor the fix. (TPUStrategy compiles every replica function with
+    # XLA and handles its collectives itself.)
+    strategy = context.strategy
+    mirrored = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if (
+        isinstance(strategy, mirrored)
+        and GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+        and strategy.extended._use_merge_call()
+    ):
         raise RuntimeError(
             "BatchNorm needs an all-reduce across the replicas here (to normalize with "
             "the average of the replicas' moving statistics, or, with synchronized=True, "
