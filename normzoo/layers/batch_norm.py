@@ -117,13 +117,18 @@ class BatchNorm(AffineNormalization):
       `fit` or any training loop, equal a single-device model holding the
       saved weights (to float32 rounding), and a sample's output does not
       depend on the replica it lands on. Keras normalizes with each
-      replica's own copy, which drift apart in training. It costs one
-      all-reduce of `2 * channels` values per unsynchronized layer and call
-      (independent of the input, so it overlaps the layers before it);
-      training with batch statistics communicates nothing, as before. A
-      synchronized layer updates every copy with the global batch's
-      statistics, so its copies are equal and it reads its own. Without a
-      strategy, or with one replica, nothing is added.
+      replica's own copy, which drift apart in training. Per
+      unsynchronized layer and call, each replica reads every replica's
+      copy under MirroredStrategy, and elsewhere (other workers' copies, a
+      replica function compiled whole by XLA) takes one all-reduce of
+      `2 * channels` values; neither depends on the input, so they overlap
+      the layers before. Training with batch statistics communicates
+      nothing, as before. A synchronized layer updates every copy with the
+      global batch's statistics, so its copies are equal and it reads its
+      own. Without a strategy, or with one replica, nothing is added. Where
+      XLA compiles a replica's function whole on CPU devices (e.g.
+      `model.compile(jit_compile=True)` under MirroredStrategy on CPUs),
+      neither can run: such a call raises a RuntimeError naming the fix.
     - Under a float16/bfloat16 (mixed) precision policy the statistics, gamma
       and beta are float32 variables and the arithmetic is float32; the output
       is in the layer's compute dtype.
@@ -443,9 +448,9 @@ class BatchNorm(AffineNormalization):
         the replicas, as a cross-replica read and a checkpoint give it."""
         # In a replica's code each replica reads its own copy. The copies of
         # an unsynchronized layer drift apart in training (each follows its
-        # own shard), so there they are averaged, in one all-reduce; a
-        # synchronized layer updates every copy with the global batch's
-        # statistics, so its copies are equal and its own is the average.
+        # own shard), so there they are averaged; a synchronized layer
+        # updates every copy with the global batch's statistics, so its
+        # copies are equal and its own is the average.
         context = None if self.synchronized else _distributed_moments.sync_replica_context()
         if context is None:
             return self.moving_mean, self.moving_variance

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import keras
-from normzoo.layers import BatchNorm
+from normzoo.layers import BatchNorm, _distributed_moments
 
 TOLERANCE = 1e-5
 MOMENTUM = 0.9
@@ -907,30 +907,47 @@ def test_a_frozen_stats_layer_trains_with_the_replica_average(strategy, renorm, 
 
 
 @pytest.mark.parametrize(
-    "batch_norm_kwargs, training, expected_per_replica",
-    [
-        ({}, False, [("all_reduce", 1)]),
-        ({"frozen_stats": True}, True, [("all_reduce", 1)]),
-        # Training with batch statistics communicates nothing, as before.
-        ({}, True, []),
-        # Every copy of a synchronized layer is updated alike: nothing to average.
-        ({"synchronized": True}, False, []),
-    ],
-    ids=["inference", "frozen_stats_training", "batch_statistics_training", "synchronized_inference"],
+    "batch_norm_kwargs, training",
+    [({}, False), ({"frozen_stats": True}, True), ({}, True)],
+    ids=["inference", "frozen_stats_training", "batch_statistics_training"],
 )
-def test_collectives_of_a_call_that_uses_the_moving_statistics(
-    strategy, collective_calls, batch_norm_kwargs, training, expected_per_replica
+def test_an_unsynchronized_layer_uses_no_collective_under_mirrored_strategy(
+    strategy, collective_calls, batch_norm_kwargs, training
 ):
-    """Each replica's collectives in one call: the moving mean and variance
-    of an unsynchronized layer are averaged in a single all-reduce."""
+    """Every replica's copy of the statistics is in this process: in
+    inference each replica reads them all (no collective, cheaper than an
+    all-reduce), and training with batch statistics communicates nothing."""
     with strategy.scope():
         layer = BatchNorm(**batch_norm_kwargs)
         layer.build((None, 3))
     run_on_replicas(strategy, layer, shifted_shards((2, 2), (3,), seed=160), training=training)
+    assert collective_calls == []
+
+
+def test_the_all_reduce_average_equals_the_cross_replica_read(strategy, collective_calls):
+    """Where the replicas' copies are not all in this process (other workers,
+    or a function that XLA compiles whole), the average is one all-reduce of
+    the moving mean and variance packed together; every replica gets what a
+    cross-replica read gives."""
+    layer = randomized_layer(strategy, (None, 3), seed=161)
+    run_on_replicas(strategy, layer, shifted_shards((4, 4), (3,), seed=162))
+    assert_statistics_drifted(layer)
+    collective_calls.clear()
+
+    @tf.function
+    def average():
+        def replica_fn():
+            context = tf.distribute.get_replica_context()
+            return _distributed_moments._all_reduce_mean(context, [layer.moving_mean, layer.moving_variance])
+
+        return strategy.run(replica_fn)
+
+    per_replica = [local_results(strategy, value) for value in average()]
+    for name, copies in zip(("moving_mean", "moving_variance"), per_replica):
+        for copy in copies:
+            assert_relatively_close(copy, getattr(layer, name).numpy(), name)
     for replica in range(strategy.num_replicas_in_sync):
-        names = [name for name, r in collective_calls if r == replica]
-        counted = sorted((name, names.count(name)) for name in set(names))
-        assert counted == expected_per_replica, f"replica {replica}: {collective_calls}"
+        assert [name for name, r in collective_calls if r == replica] == ["all_reduce"], collective_calls
 
 
 @pytest.mark.parametrize("one_replica", ["no_strategy", "one_device"])
@@ -955,7 +972,8 @@ def test_inference_adds_nothing_without_several_replicas(collective_calls, one_r
 
 
 def test_inference_compiled_whole_by_xla_on_cpu_replicas_names_the_fix(strategy):
-    """XLA cannot compile the all-reduce of the average on CPU devices: Keras'
+    """A function that XLA compiles whole can neither read another device's
+    copy of the statistics nor, on CPU devices, all-reduce them: Keras'
     `predict` with `jit_compile=True` under the strategy fails with a message
     that names the layer's need and the fix, not TensorFlow's merge_call
     error."""
