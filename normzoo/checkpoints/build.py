@@ -7,13 +7,11 @@ import re
 
 from absl import logging
 
-from normzoo import models
+from normzoo import models, naming
 from normzoo.checkpoints.restore import read, restore_source
-from normzoo.checkpoints.source import norm_of
 from normzoo.models import registry, resnet
 
-_HEAD = "predictions"
-_STEM = "conv1_conv"
+_STEM = naming.conv(naming.STEM)
 
 # keras.applications' ImageNet weight files, as `keras.applications.ResNet50(weights="imagenet")`
 # downloads them (keras/src/applications/resnet.py): BASE + f"{name}{suffix}".
@@ -92,8 +90,8 @@ def build_with_weights(
     report = restore_source(
         model,
         source,
-        skip=(_HEAD,) if new_head and arguments["num_classes"] else (),
-        unused=(_HEAD,) if new_head and not arguments["num_classes"] else (),
+        skip=(naming.CLASSIFIER,) if new_head and arguments["num_classes"] else (),
+        unused=(naming.CLASSIFIER,) if new_head and not arguments["num_classes"] else (),
     )
     logging.info("normzoo: built %s from %s\n%s", name, weights, report)
     model.restore_report = report
@@ -159,7 +157,7 @@ def _input_shape(builder, source, input_shape):
 
 
 def _source_classes(source):
-    head = source.weight(_HEAD, "kernel")
+    head = source.weight(naming.CLASSIFIER, "kernel")
     if head is not None:
         return int(head.value.shape[-1])
     if source.weight(_STEM, "kernel") is not None:
@@ -170,7 +168,7 @@ def _source_classes(source):
 def _hints(name, source, accepted, given):
     hints = {}
     layer_names = list(source.layers)
-    norm = norm_of(layer_names)
+    norm = naming.norm_of(layer_names)
     if norm is not None:
         hints["norm"] = norm
     stem = source.weight(_STEM, "kernel")
@@ -196,6 +194,7 @@ def _fitting_layout(name, source, norm):
     no bias)."""
     if norm != "batch" or resnet.VARIANTS[name].preactivation:
         return "keras"
-    weights = source.layers.get("conv2_block1_1_conv", {})
+    first_conv = naming.conv(naming.branch(naming.block(2, 1), 1))  # conv2_block1_1_conv
+    weights = source.layers.get(first_conv, {})
     has_bias = "bias" in weights or len(weights) == 2
     return "keras" if has_bias else None

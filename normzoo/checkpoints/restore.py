@@ -9,9 +9,10 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
+from normzoo import naming
 from normzoo.checkpoints import integrity, keras_files, tf_checkpoints
 from normzoo.checkpoints.report import RestoreError, RestoreReport, ShapeMismatch
-from normzoo.checkpoints.source import FORMATS, architecture
+from normzoo.checkpoints.source import FORMATS
 from normzoo.models import leaf_layers
 
 _TF_DATA_FILE = re.compile(r"\.data-\d+-of-\d+$")
@@ -279,8 +280,8 @@ def _failure_message(model, source, report):
     ]
     lines.extend(f"  {problem}" for problem in report.problems())
     model_names = [layer.name for layer in leaf_layers(model) if layer.weights]
-    source_architecture = architecture(list(source.layers))
-    model_architecture = architecture(model_names)
+    source_architecture = naming.architecture(list(source.layers))
+    model_architecture = naming.architecture(model_names)
     if source_architecture and model_architecture and source_architecture != model_architecture:
         lines.append(
             f"  The checkpoint holds another architecture: {source_architecture}; the "
@@ -288,9 +289,6 @@ def _failure_message(model, source, report):
         )
     lines.append("Fix: " + _fix(source, report))
     return "\n".join(lines)
-
-
-_HEAD = "predictions"
 
 
 def _fix(source, report):
@@ -309,13 +307,14 @@ def _fix(source, report):
             f"input_shape is not given)."
         )
     differing = [*report.missing, *(mismatch.variable for mismatch in report.shape_mismatched)]
-    source_head = {tensor.source_name for tensor in source.layers.get(_HEAD, {}).values()}
+    head = naming.CLASSIFIER
+    source_head = {tensor.source_name for tensor in source.layers.get(head, {}).values()}
     if (
-        all(name.startswith(f"{_HEAD}/") for name in differing)
+        all(name.startswith(f"{head}/") for name in differing)
         and set(report.unexpected) <= source_head
     ):
         return (
-            f"only the classifier differs: pass skip=['{_HEAD}'] to keep the model's own "
+            f"only the classifier differs: pass skip=['{head}'] to keep the model's own "
             f"classifier (a new head for fine-tuning), or build the model with the "
             f"checkpoint's number of classes (num_classes=0 for a file without a top)."
         )
@@ -337,7 +336,7 @@ def _input_channels_mismatch(report):
     (mismatch,) = report.shape_mismatched
     model_shape, source_shape = tuple(mismatch.model_shape), tuple(mismatch.source_shape)
     if (
-        mismatch.variable != "conv1_conv/kernel"
+        mismatch.variable != f"{naming.conv(naming.STEM)}/kernel"
         or len(model_shape) != 4
         or len(source_shape) != 4
         or model_shape[:2] + model_shape[3:] != source_shape[:2] + source_shape[3:]

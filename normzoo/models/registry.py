@@ -6,6 +6,7 @@ import re
 
 import keras
 
+from normzoo import naming
 from normzoo.models import blocks, cifar_resnet, resnet, wide_resnet
 
 _BUILDERS = {
@@ -106,7 +107,7 @@ def build(name, *, norm=None, num_classes=None, input_shape=None, weights=None, 
     # Checked here as well as in the builders: with `weights`, they are
     # compared with the checkpoint before anything is built.
     if norm is not None:
-        blocks.check_choice("norm", norm, blocks.NORMS)
+        blocks.check_choice("norm", norm, naming.NORMS)
     if num_classes is not None:
         blocks.check_classifier(num_classes, None)
     if input_shape is not None:

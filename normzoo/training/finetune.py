@@ -16,8 +16,7 @@ import dataclasses
 import tensorflow as tf
 from absl import logging
 
-from normzoo import bn, checkpoints, data
-from normzoo.checkpoints.source import norm_of
+from normzoo import bn, checkpoints, data, naming
 from normzoo.training.steps import EvalStep, evaluate
 
 BN_MODES = {
@@ -39,9 +38,6 @@ INIT_VARIABLES = {
     "trainable": "the trainable variables only, leaving the moving statistics at their "
     "initial values (mean 0, variance 1): article 002's bug, for experiments only",
 }
-
-# The classifier of every zoo model (normzoo.models.blocks.classifier_head).
-_HEAD = "predictions"
 
 
 class InitCheckpointError(ValueError):
@@ -100,7 +96,7 @@ def read_init_checkpoint(path, norm):
         source = checkpoints.read(path)
     except checkpoints.RestoreError as error:
         raise InitCheckpointError(f"init_checkpoint={path!r} cannot be read. {error}") from None
-    found = norm_of(list(source.layers))
+    found = naming.norm_of(list(source.layers))
     if found is not None and found != norm:
         raise InitCheckpointError(
             f"init_checkpoint={path!r} holds a model with norm={found!r}, and this run "
@@ -112,10 +108,10 @@ def read_init_checkpoint(path, norm):
 def _new_head_variables(model, source):
     """The classifier's variable paths if the checkpoint has another number
     of classes than the model (or no classifier), else ()."""
-    if _HEAD not in {layer.name for layer in model.layers}:
+    if naming.CLASSIFIER not in {layer.name for layer in model.layers}:
         return ()
-    head = model.get_layer(_HEAD)
-    tensor = source.weight(_HEAD, "kernel")
+    head = model.get_layer(naming.CLASSIFIER)
+    tensor = source.weight(naming.CLASSIFIER, "kernel")
     if tensor is not None and tensor.value.shape[-1] == head.kernel.shape[-1]:
         return ()
     return tuple(variable.path for variable in head.weights)

@@ -45,13 +45,13 @@ import tensorflow as tf
 from absl import logging
 
 from normzoo import benchmarking, bn, checkpoints, data, models
+from normzoo.naming import NORMS
 from normzoo.training import distribute, finetune
 from normzoo.training.steps import EvalStep, TrainStep, evaluate
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 MIXED_PRECISION = (None, "float16", "bfloat16")
-NORMS = ("batch", "layer", "skipinit", "none")
 INPUT_SHARDING = ("pipeline", "global_batch")
 BN_MODES = tuple(finetune.BN_MODES)
 INIT_VARIABLES = tuple(finetune.INIT_VARIABLES)
