@@ -495,7 +495,7 @@ def worker_onednn():
     import keras
     import numpy as np
 
-    from normzoo import benchmarking, models
+    from normzoo import benchmarking, models, runtime
 
     size = FLAGS.resnet_image_size
     images, labels = benchmarking.random_batch(FLAGS.resnet_batch_size, size, 1000)
@@ -516,7 +516,7 @@ def worker_onednn():
         "first_loss": first_loss,
         "logits": logits.tolist(),
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset)"),
-        "onednn_enabled": benchmarking.onednn_enabled(),
+        "onednn_enabled": runtime.onednn_enabled(),
         "logits_finite": bool(np.isfinite(logits).all()),
     }
 
@@ -721,13 +721,13 @@ def main(argv):
         return
     _check_flags()
     started = time.time()
-    from normzoo import benchmarking
+    from normzoo import benchmarking, runtime
 
     figures = set(FLAGS.figures)
     record = {
         "complete": False,
         "machine": benchmarking.machine(),
-        "onednn_enabled": benchmarking.onednn_enabled(),
+        "onednn_enabled": runtime.onednn_enabled(),
         "config": _config(),
         "matmul_peak_flops": None,
         "figure_seconds": {},

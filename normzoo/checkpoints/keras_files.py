@@ -33,10 +33,11 @@ import ml_dtypes
 import numpy as np
 
 from normzoo import naming
+from normzoo._keras_graph import leaf_layers
 from normzoo.checkpoints import integrity
 from normzoo.checkpoints.report import RestoreError, listing
 from normzoo.checkpoints.source import Source, Tensor
-from normzoo.models import leaf_layers, resnet
+from normzoo.models import resnet
 
 # Layer names of the ResNet50 of Keras <= 2.2.4 (converted from Caffe),
 # whose weights are not those of keras.applications' ResNet50 today.

@@ -10,10 +10,10 @@ import numpy as np
 import tensorflow as tf
 
 from normzoo import naming
+from normzoo._keras_graph import leaf_layers
 from normzoo.checkpoints import integrity, keras_files, tf_checkpoints
 from normzoo.checkpoints.report import RestoreError, RestoreReport, ShapeMismatch
 from normzoo.checkpoints.source import FORMATS
-from normzoo.models import leaf_layers
 
 _TF_DATA_FILE = re.compile(r"\.data-\d+-of-\d+$")
 # The first bytes of a zip archive (a .keras file), which keeps its directory at the end.

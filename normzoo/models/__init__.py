@@ -9,6 +9,6 @@ signal-propagation measurements.
 """
 
 from normzoo.models import blocks, diagnostics
-from normzoo.models.registry import build, check_name, leaf_layers, names
+from normzoo.models.registry import build, check_name, names
 
-__all__ = ["blocks", "build", "check_name", "diagnostics", "leaf_layers", "names"]
+__all__ = ["blocks", "build", "check_name", "diagnostics", "names"]

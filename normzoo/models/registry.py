@@ -4,8 +4,6 @@ import functools
 import inspect
 import re
 
-import keras
-
 from normzoo import naming
 from normzoo.models import blocks, cifar_resnet, resnet, wide_resnet
 
@@ -138,12 +136,3 @@ def build(name, *, norm=None, num_classes=None, input_shape=None, weights=None, 
         arguments["input_shape"] = input_shape
     return builder(**arguments)
 
-
-def leaf_layers(model):
-    """Every layer of `model` that is not itself a model, nested models
-    (e.g. a backbone inside a classifier) included, in order."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from leaf_layers(layer)
-        else:
-            yield layer

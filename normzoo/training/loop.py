@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from normzoo import benchmarking, bn, checkpoints, data, models
+from normzoo import bn, checkpoints, data, models, runtime
 from normzoo.naming import NORMS
 from normzoo.training import distribute, finetune
 from normzoo.training.steps import EvalStep, TrainStep, evaluate
@@ -238,7 +238,7 @@ def _environment(strategy, train_step, steps_per_epoch):
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "python": platform.python_version(),
-        "onednn": benchmarking.onednn_enabled(),
+        "onednn": runtime.onednn_enabled(),
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
     }
 
