@@ -8,15 +8,14 @@ import re
 from absl import logging
 
 from normzoo import models, naming
+from normzoo.checkpoints import integrity
 from normzoo.checkpoints.restore import read, restore_source
 from normzoo.models import registry, resnet
 
 _STEM = naming.conv(naming.STEM)
 
-# keras.applications' ImageNet weight files, as `keras.applications.ResNet50(weights="imagenet")`
-# downloads them (keras/src/applications/resnet.py): BASE + f"{name}{suffix}".
-_KERAS_APPLICATIONS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
-_KERAS_APPLICATIONS_SUFFIX = "_weights_tf_dim_ordering_tf_kernels.h5"
+# The zoo models that keras.applications publishes ImageNet weights for, and
+# its constructors.
 _KERAS_APPLICATIONS_MODELS = {
     "resnet50": "ResNet50",
     "resnet101": "ResNet101",
@@ -111,10 +110,11 @@ def _check_weights(name, weights):
     if not re.fullmatch(r"\w+", weights) or os.path.exists(weights) or os.path.exists(f"{weights}.index"):
         return
     if name in _KERAS_APPLICATIONS_MODELS:
-        file_name = f"{name}{_KERAS_APPLICATIONS_SUFFIX}"
+        file_name = integrity.keras_applications_file(name)
+        _, url = integrity.DISTRIBUTED_FILES[file_name]
         where = (
             f"keras.applications' ImageNet weights for {name} are "
-            f"{_KERAS_APPLICATIONS_BASE}{file_name} ({file_name[:-3]}_notop.h5 without the "
+            f"{url} ({integrity.keras_applications_file(name, top=False)} without the "
             f"classifier; keras.applications.{_KERAS_APPLICATIONS_MODELS[name]}(weights='imagenet') "
             f"on a machine with internet access saves it in ~/.keras/models/). Download it, "
             f"then pass its path: normzoo.models.build({name!r}, weights='/path/to/{file_name}')."
