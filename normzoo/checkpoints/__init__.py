@@ -1,7 +1,7 @@
 """Restoring pretrained ResNets with every variable, BatchNorm statistics included.
 
     report = normzoo.checkpoints.restore(model, "resnet50_weights_tf_dim_ordering_tf_kernels.h5")
-    model = normzoo.models.build("resnet50v2", weights="resnet_v2_50.ckpt")  # TF-slim
+    model = normzoo.build("resnet50v2", weights="resnet_v2_50.ckpt")  # TF-slim
 
 A restore is all or nothing: it reads and checks the whole checkpoint
 first, and either every variable of the model is restored (moving mean and

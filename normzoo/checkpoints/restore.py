@@ -59,7 +59,7 @@ def restore(model, path, *, strict=True, skip=()):
     or Inf: the report then says "not verified" (`RestoreReport.verified`).
 
     A checkpoint fits a model only if it was saved from the same
-    architecture; `normzoo.models.build(name, weights=path)` builds the model
+    architecture; `normzoo.build(name, weights=path)` builds the model
     in the checkpoint's layout and size.
 
     Args:
@@ -303,7 +303,7 @@ def _fix(source, report):
         return (
             f"the checkpoint's first convolution takes {source_channels} input channel(s), the "
             f"model's {model_channels}: build the model with input_shape=(height, width, "
-            f"{source_channels}) (normzoo.models.build(name, weights=path) does when "
+            f"{source_channels}) (normzoo.build(name, weights=path) does when "
             f"input_shape is not given)."
         )
     differing = [*report.missing, *(mismatch.variable for mismatch in report.shape_mismatched)]
@@ -320,7 +320,7 @@ def _fix(source, report):
         )
     return (
         "build the model the checkpoint was saved from, under the same model name: "
-        "normzoo.models.build(name, weights=path) takes the checkpoint's layout, "
+        "normzoo.build(name, weights=path) takes the checkpoint's layout, "
         "normalization, number of classes, width and input channels, but not its depth. "
         "To restore only what matches, pass strict=False "
         "(the report names what was not restored); to leave layers out on purpose, "

@@ -6,6 +6,7 @@ keeps them, and its predictions do not depend on what else is in the batch.
 import numpy as np
 import pytest
 
+import normzoo
 from normzoo import bn, checkpoints, layers, models
 
 NETWORK = "resnet_v2_50"
@@ -58,7 +59,7 @@ def _near_identical_and_shuffled_batches(shape, rng):
 
 
 def test_full_restore_audit_is_clean_and_predictions_ignore_batch_composition(slim_checkpoints):
-    model = models.build(
+    model = normzoo.build(
         "resnet50v2",
         weights=slim_checkpoints / f"{NETWORK}.ckpt",
         input_shape=np.load(slim_checkpoints / "images.npy").shape[1:],
