@@ -51,8 +51,9 @@ def audit(model):
 
     A layer is named when its moving mean is exactly 0 and its moving
     variance exactly 1 in every channel (the initial values: the statistics
-    were never trained or were lost by a partial restore, article 002's
-    bug), when a statistic holds NaN or Inf, or when a variance is negative.
+    were never trained or were lost by a partial restore, e.g. of the
+    trainable variables only), when a statistic holds NaN or Inf, or when a
+    variance is negative.
 
     Args:
         model: A Keras model.

@@ -17,9 +17,9 @@ verifies: a damaged tensor is named and nothing is restored. The report
 says whether the checkpoint's bytes were verified, and against what
 (`normzoo.checkpoints.integrity`), or "not verified".
 
-Article 002 of the design notes is the failure this prevents: a pretrained
-network restored from its trainable variables only keeps initial BatchNorm
-statistics, still "loads" and still trains, and predicts badly.
+This prevents a known failure: a pretrained network restored from its
+trainable variables only keeps initial BatchNorm statistics, still "loads"
+and still trains, and predicts badly.
 """
 
 from normzoo.checkpoints.keras_files import save_weights

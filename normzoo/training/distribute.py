@@ -1,6 +1,6 @@
 """Distribution strategies and the XLA form of a training step (TensorFlow-only).
 
-What works where was measured on TF 2.21 (see DESIGN.md):
+What works where was measured on TF 2.21:
 
 - one replica: the whole step (forward, backward, optimizer update) compiles
   as one XLA computation with `tf.function(jit_compile=True)`;

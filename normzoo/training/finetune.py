@@ -6,9 +6,9 @@ variable restored through `normzoo.checkpoints.restore`, BatchNorm moving
 statistics included, a new classifier when the number of classes differs)
 and `set_bn_mode` (what BatchNorm does while fine-tuning).
 
-`evaluate_batch_dependence` measures article 002's symptom: accuracy on
-mixed-class batches against accuracy on batches that each hold one class,
-in inference mode and with batch statistics.
+`evaluate_batch_dependence` measures the symptom of lost or stale BatchNorm
+statistics: accuracy on mixed-class batches against accuracy on batches
+that each hold one class, in inference mode and with batch statistics.
 """
 
 import dataclasses
@@ -36,7 +36,7 @@ RECALIBRATION_BATCHES = 16
 INIT_VARIABLES = {
     "all": "every variable of the checkpoint, BatchNorm moving statistics included",
     "trainable": "the trainable variables only, leaving the moving statistics at their "
-    "initial values (mean 0, variance 1): article 002's bug, for experiments only",
+    "initial values (mean 0, variance 1): a known bug, reproduced for experiments only",
 }
 
 
@@ -129,7 +129,7 @@ def initialize(model, path, source, *, init_variables="all"):
       classifier: a new head for a new task;
     - with `init_variables="trainable"`, every non-trainable variable (the
       BatchNorm moving statistics), which keep their initial values: the
-      restore of article 002's bug, which a warning announces.
+      trainable-only restore that loses them, which a warning announces.
 
     Everything else must be restored, or `RestoreError` is raised and the
     model is unchanged.
@@ -156,9 +156,9 @@ def initialize(model, path, source, *, init_variables="all"):
     if init_variables == "trainable" and report.unrestored_statistics:
         logging.warning(
             "init_variables='trainable': %d BatchNorm moving statistic(s) of %s were NOT "
-            "restored and keep their initial values (mean 0, variance 1). This is article "
-            "002's bug: the model predicts badly in inference mode until the statistics "
-            "are re-estimated. Use init_variables='all' except to study the bug.",
+            "restored and keep their initial values (mean 0, variance 1): the model "
+            "predicts badly in inference mode until the statistics are re-estimated. Use "
+            "init_variables='all' except to study this bug.",
             len(report.unrestored_statistics),
             path,
         )
@@ -199,11 +199,12 @@ def evaluate_batch_dependence(
     """Top-1 accuracy on the test split in mixed-class and in single-class
     batches, in inference mode and with batch statistics.
 
-    Article 002's symptom is a model that predicts well on batches of
-    varied images and badly on batches of similar ones. In inference mode
-    (`training=False`) a BatchNorm network normalizes with its moving
-    statistics, so every prediction is independent of the rest of its batch
-    and both accuracies are equal, whatever the statistics are worth. With
+    A model whose BatchNorm statistics were lost or are stale predicts well
+    on batches of varied images and badly on batches of similar ones. In
+    inference mode (`training=False`) a BatchNorm network normalizes with
+    its moving statistics, so every prediction is independent of the rest
+    of its batch and both accuracies are equal, whatever the statistics are
+    worth. With
     batch statistics (the model run with `training=True`, as a TF1 graph
     built with `is_training=True` runs at test time) each batch is
     normalized with its own statistics, and a batch of one class loses what

@@ -99,7 +99,7 @@ class TrainConfig:
     the checkpoint has another number of classes than `num_classes` (None:
     the dataset's), which is new. `init_variables="trainable"` restores the
     trainable variables only and leaves the BatchNorm moving statistics at
-    their initial values: article 002's bug, for experiments. `bn` is
+    their initial values (a known bug, reproduced for experiments). `bn` is
     "train" (batch statistics, moving statistics updated), "frozen_stats"
     (moving statistics used and never updated; gamma and beta trained) or
     "frozen" (gamma and beta fixed too) or "recalibrated" (the moving
