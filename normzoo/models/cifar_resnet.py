@@ -68,11 +68,7 @@ def cifar_resnet(
 
     inputs = blocks.model_input(input_shape)
     x = blocks.conv2d(
-        inputs,
-        width,
-        3,
-        use_bias=normalization.use_bias("unnormalized", True),
-        name=naming.STEM,
+        inputs, width, 3, use_bias=normalization.use_bias("unnormalized", True), name=naming.STEM
     )
     x = blocks.relu(normalization.normalize(x, naming.STEM), name=f"{naming.STEM}_relu")
     strides = blocks.unit_strides([units_per_stage] * 3, _STAGE_STRIDES, "first")
