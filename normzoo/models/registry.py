@@ -1,5 +1,5 @@
-"""`build(name, ...)`, `names()`, `check_name(name)` and `arguments(name)`:
-the zoo by name.
+"""`build(name, ...)`, `names()`, `check_name(name)`, `check_arguments(name,
+...)` and `arguments(name)`: the zoo by name.
 
 A model built from a checkpoint is `normzoo.build(name, weights=path)`
 (`normzoo.checkpoints.build`), which builds on these.
