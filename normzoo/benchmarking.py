@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from normzoo.models import leaf_layers
+from normzoo._keras_graph import call_shapes, leaf_layers
 
 # Environment variables that change how fast TensorFlow runs on a CPU.
 SPEED_ENVIRONMENT = (
@@ -182,10 +182,8 @@ def forward_multiply_adds(model):
     """
     total = 0
     for layer in leaf_layers(model):
-        for node in layer._inbound_nodes:
-            if not node.input_tensors:  # an input layer
-                continue
-            total += _multiply_adds(layer, node.input_tensors[0].shape, node.output_tensors[0].shape)
+        for input_shape, output_shape in call_shapes(layer):
+            total += _multiply_adds(layer, input_shape, output_shape)
     return total
 
 
@@ -282,17 +280,6 @@ def linear_fit(x, y):
     total = np.sum((y - y.mean()) ** 2)
     r_squared = 1.0 - np.sum(residuals**2) / total if total > 0 else 1.0
     return LinearFit(float(intercept), float(slope), float(r_squared), residuals.tolist())
-
-
-def onednn_enabled():
-    """Whether TensorFlow runs its oneDNN CPU kernels in this process (what it
-    decided from TF_ENABLE_ONEDNN_OPTS and the CPU; None if unknown)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port  # no public equivalent
-
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        return None
 
 
 def machine():

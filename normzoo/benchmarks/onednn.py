@@ -12,7 +12,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from normzoo import benchmarking, models
+from normzoo import benchmarking, models, runtime
 from normzoo.benchmarks import subprocess_run
 from normzoo.benchmarks.records import Figure, FigureResult
 
@@ -63,7 +63,7 @@ def measure_in_process(settings):
         "first_loss": first_loss,
         "logits": logits.tolist(),
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset)"),
-        "onednn_enabled": benchmarking.onednn_enabled(),
+        "onednn_enabled": runtime.onednn_enabled(),
         "logits_finite": bool(np.isfinite(logits).all()),
     }
 

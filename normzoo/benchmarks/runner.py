@@ -7,7 +7,7 @@ import time
 
 from absl import logging
 
-from normzoo import benchmarking
+from normzoo import benchmarking, runtime
 from normzoo.benchmarks.figures import FIGURES
 from normzoo.benchmarks.shared import Shared
 
@@ -27,7 +27,7 @@ def run(settings, output):
     started = time.time()
     start = {
         "machine": benchmarking.machine(),
-        "onednn_enabled": benchmarking.onednn_enabled(),
+        "onednn_enabled": runtime.onednn_enabled(),
         "config": dataclasses.asdict(settings),
     }
     chosen = [figure for figure in FIGURES if figure.is_selected(settings)]

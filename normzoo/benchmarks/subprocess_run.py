@@ -16,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 
-import normzoo
+# The folder that holds the normzoo package this module belongs to.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def call(function, settings, environment=None):
@@ -35,8 +36,7 @@ def call(function, settings, environment=None):
     """
     # The child must import the normzoo this process runs, whatever the
     # installed one is.
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(normzoo.__file__)))
-    python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    python_path = os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory() as directory:
         settings_path = os.path.join(directory, "settings.json")
         output_path = os.path.join(directory, "result.json")

@@ -43,7 +43,7 @@ def sync_replica_context():
 
 
 def _outside_xla_clusters(operation):
-    # On CPU, XLA cannot compile collectives (measured, see DESIGN.md), nor
+    # On CPU, XLA cannot compile collectives (measured with TF 2.21), nor
     # read a variable of another device: when a training step compiles the
     # replica's forward/backward with jit_scope, such ops must stay outside
     # the compiled cluster. Where a whole function is compiled with
