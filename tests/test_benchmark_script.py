@@ -10,7 +10,7 @@ import sys
 import pytest
 
 _SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
-FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7")
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8")
 P2_MODELS = {
     "conv_net": "conv net step time, normzoo BatchNorm / keras BatchNormalization",
     "conv_net_renorm": "conv net step time, normzoo BatchNorm(renorm=True) / keras BatchNormalization(renorm=True)",
@@ -105,6 +105,19 @@ def test_batch_norm_rows_cover_every_model_and_mode(record):
     masked = [row for row in rows.values() if row["details"]["case"] == "masked_sequence"]
     assert all(math.isfinite(row["details"]["without_batch_norm_step_ms"]) for row in masked)
     assert "ms without the layer" in markdown
+
+
+def test_replica_statistics_figure_compares_the_same_steps_and_replicas_agree(record):
+    # P8: with the replicas' average every replica gives the same samples the
+    # same logits; with its own drifted copy of the statistics it does not.
+    record, _ = record
+    rows = [m for m in record["measurements"] if m["figure"] == "P8"]
+    assert len(rows) == 2
+    details = rows[0]["details"]
+    assert details["replica_logits_gap_with_average"] == 0.0
+    assert details["replica_logits_gap_without_average"] > 1e-3
+    inference = details["inference"]
+    assert rows[0]["value"] == pytest.approx(inference["with_ms"] / inference["without_ms"])
 
 
 def test_benchmark_layers_measures_the_batch_norm_figure_alone(tmp_path):

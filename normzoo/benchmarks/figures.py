@@ -15,6 +15,7 @@ from normzoo.benchmarks import (
     p5_restore_and_build,
     p6_flops,
     p7_depth,
+    p8_replica_statistics,
 )
 
 FIGURES = (
@@ -24,6 +25,7 @@ FIGURES = (
     p5_restore_and_build.FIGURE,
     p2_batch_norm.FIGURE,
     p4_synchronized_bn.FIGURE,
+    p8_replica_statistics.FIGURE,
     p7_depth.FIGURE,
     onednn.FIGURE,
 )

@@ -36,7 +36,7 @@ class Settings:
     rounds: int = _setting(5, "Alternating timing rounds (P1, P3, P4).", quick=1,
                            used_by=("P1", "P3", "P4", "P6", "oneDNN"))
     warmup_steps: int = _setting(1, "Untimed steps after the first call, before timing.", quick=0,
-                                 used_by=("P1", "P2", "P3", "P4", "P6", "P7", "oneDNN"))
+                                 used_by=("P1", "P2", "P3", "P4", "P6", "P7", "P8", "oneDNN"))
     steps_per_round: int = _setting(2, "Steps timed per round (P1, P3, P4, P7).", quick=1,
                                     used_by=("P1", "P3", "P6", "P7", "oneDNN"))
     resnet_batch_size: int = _setting(8, "Batch of the ResNet-50 figures (P1, P3, P6).", quick=2,
@@ -64,6 +64,12 @@ class Settings:
     sync_bn_batch_size: int = _setting(64, "Global batch of P4 (split over 2 replicas).", quick=4, used_by=("P4",))
     sync_bn_image_size: int = _setting(32, "Image size of P4.", quick=8, used_by=("P4",))
     sync_bn_steps_per_round: int = _setting(5, "Steps timed per round in P4.", quick=1, used_by=("P4",))
+    replica_model: str = _setting("resnet20", "Model of P8.", quick="wrn_10_1", used_by=("P8",))
+    replica_batch_size: int = _setting(64, "Global batch of P8 (split over 2 replicas).", quick=4,
+                                       used_by=("P8",))
+    replica_image_size: int = _setting(32, "Image size of P8.", quick=8, used_by=("P8",))
+    replica_rounds: int = _setting(41, "Alternating timing rounds of P8.", quick=1, used_by=("P8",))
+    replica_steps_per_round: int = _setting(3, "Steps timed per round in P8.", quick=1, used_by=("P8",))
     build_model: str = _setting("wrn_1000_2", "Model whose build time P5 measures.", quick="wrn_16_2",
                                 used_by=("P5",))
     wrn_depths: tuple = _setting(("16", "40", "100", "400"),
@@ -103,7 +109,7 @@ class Settings:
                 raise ValueError(f"wrn_depths: {depth!r} is not a WRN depth n = 6N + 4 (10, 16, 22, ...).")
         if "P7" in self.figures and len(self.wrn_depths) < 2:
             raise ValueError("wrn_depths: P7 fits a line, give at least 2 depths.")
-        for name in ("sync_bn_model", "build_model"):
+        for name in ("sync_bn_model", "replica_model", "build_model"):
             try:
                 models.check_name(getattr(self, name))
             except (ValueError, TypeError) as error:
