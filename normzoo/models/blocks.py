@@ -27,7 +27,8 @@ keras.applications' ResNets:
   `conv{stage}_block{unit}_{j}_conv` and `..._{j}_bn` are the j-th
   convolution of a residual branch (j = 1, 2, ...) and the norm after it;
   j = 0 is the shortcut (`_0_conv`, `_0_bn`, or weightless `_0_pool`,
-  `_0_zeropad`). `..._preact_bn` is a pre-activation block's first norm.
+  `_0_zeropad`). A deep stem's convolutions are `conv1_{j}_conv`, `conv1_{j}_bn`
+  (j = 1, 2, 3). `..._preact_bn` is a pre-activation block's first norm.
 - A norm layer ends in `_bn` for BatchNorm and `_ln` for LayerNorm; the
   SkipInit scalar of a block is `conv{stage}_block{unit}_skipinit`.
 - `conv{stage}_block{unit}_add` adds the skip path (first input) and the
@@ -52,7 +53,7 @@ NORMS = ("batch", "layer", "skipinit", "none")
 # ResNetV2 and TF-slim do; "never".
 CONV_BIASES = ("always", "unnormalized", "never")
 
-SHORTCUTS = ("projection", "zero_pad")
+SHORTCUTS = ("projection", "average_pool_projection", "zero_pad")
 DOWNSAMPLE_UNITS = ("first", "last")
 
 # He et al.'s initialization, as torchvision, TF-slim and the CIFAR and
@@ -299,6 +300,11 @@ def residual_block(
     strided 1x1 convolution `{name}_0_conv` (followed by the norm in v1;
     taking the pre-activation in v2) and `"zero_pad"` the subsampled input
     with zero channels appended (`{name}_0_zeropad`, He et al.'s option A).
+    `"average_pool_projection"` is ResNet-D's: the input averaged over
+    windows of the block's stride (`{name}_0_pool`, "same" padding: a window
+    cut by the image's edge averages the pixels it holds, as torch's
+    `AvgPool2d(ceil_mode=True, count_include_pad=False)`), then an
+    unstrided 1x1 convolution (and norm); with stride 1 it is "projection".
 
     Args:
         x: Input tensor, channels-last.
@@ -323,12 +329,18 @@ def residual_block(
     if preactivation:
         branch = relu(norm.normalize(x, f"{name}_preact"), name=f"{name}_preact_relu")
 
-    if x.shape[-1] != out_channels and shortcut == "projection":
+    if x.shape[-1] != out_channels and shortcut != "zero_pad":
+        skip, skip_strides = branch, strides
+        if shortcut == "average_pool_projection" and strides > 1:
+            skip = keras.layers.AveragePooling2D(
+                strides, strides=strides, padding="same", name=f"{name}_0_pool"
+            )(skip)
+            skip_strides = 1
         skip = conv2d(
-            branch,
+            skip,
             out_channels,
             1,
-            strides=strides,
+            strides=skip_strides,
             use_bias=norm.use_bias(conv_bias, followed_by_norm=not preactivation),
             name=f"{name}_0",
         )
