@@ -9,11 +9,10 @@ from absl import logging
 
 from normzoo import models
 from normzoo.checkpoints.restore import read, restore_source
-from normzoo.checkpoints.source import norm_of
+from normzoo.checkpoints.source import norm_of, stem_kernel
 from normzoo.models import registry, resnet
 
 _HEAD = "predictions"
-_STEM = "conv1_conv"
 
 # keras.applications' ImageNet weight files, as `keras.applications.ResNet50(weights="imagenet")`
 # downloads them (keras/src/applications/resnet.py): BASE + f"{name}{suffix}".
@@ -38,7 +37,8 @@ def build_with_weights(
     normalization (from its layer names), the number of classes (0 for a
     file without a classifier, e.g. keras.applications' `_notop.h5`), the
     stem width, and the layout of ImageNet ResNets. The layout is fixed by
-    TF-slim checkpoints ("slim") and recorded in `.keras` files (their
+    TF-slim checkpoints ("slim") and torchvision/timm state dicts
+    ("torchvision"), and recorded in `.keras` files (their
     configuration's stem pool and strides); other Keras files and normzoo's training
     checkpoints do not record it, and "keras" (keras.applications' layout) is
     taken when the weights fit it, so a keras.applications file builds
@@ -57,7 +57,11 @@ def build_with_weights(
     are taken with them, e.g. (32, 32, 1) for a checkpoint of grey images.
 
     Returns:
-        The model; `model.restore_report` is the `RestoreReport`.
+        The model; `model.restore_report` is the `RestoreReport`, whose
+        `preprocess_mode` is the input preprocessing the weights expect
+        (e.g. "torch" for torchvision and timm, "caffe" for
+        keras.applications' ResNet50): feed the model
+        `normzoo.data.load(..., preprocess_mode=model.restore_report.preprocess_mode)`.
 
     Raises:
         RestoreError: as `normzoo.checkpoints.restore` (strict).
@@ -123,6 +127,8 @@ def _check_weights(name, weights):
         )
     else:
         where = (
+            f"torchvision and timm publish ImageNet weights for their ResNets (timm's on the "
+            f"Hugging Face Hub as model.safetensors, e.g. timm/resnet50.a1_in1k); "
             f"keras.applications publishes ImageNet weights for "
             f"{', '.join(_KERAS_APPLICATIONS_MODELS)} only (not {name}); normzoo's own "
             f"checkpoints are in the repository's checkpoints/ (see its manifest.json), and "
@@ -133,14 +139,14 @@ def _check_weights(name, weights):
         f"weights={weights!r} names no file: normzoo never downloads weights. `weights` is "
         f"the path of a checkpoint you have, in a format of normzoo.checkpoints.FORMATS "
         f"(Keras .weights.h5, .keras and keras.applications .h5 files, TensorFlow and TF-slim "
-        f"checkpoints; not PyTorch files such as torchvision's). {where}"
+        f"checkpoints, torchvision and timm ResNets as .safetensors or .pth files). {where}"
     )
 
 
 def _input_shape(builder, source, input_shape):
     """`input_shape`, checked against the checkpoint's input channels, or
     the family's default height and width with those channels."""
-    stem = source.weight(_STEM, "kernel")
+    stem_name, stem = stem_kernel(source)
     if stem is None:
         return input_shape
     channels = int(stem.value.shape[-2])
@@ -150,7 +156,7 @@ def _input_shape(builder, source, input_shape):
     if input_shape[-1] != channels:
         raise ValueError(
             f"input_shape={tuple(input_shape)!r} has {input_shape[-1]} channels, but the checkpoint "
-            f"{source.path} takes {channels} (its first convolution {_STEM} has a kernel of "
+            f"{source.path} takes {channels} (its first convolution {stem_name} has a kernel of "
             f"shape {tuple(stem.value.shape)}): pass input_shape="
             f"{(*tuple(input_shape)[:-1], channels)!r}, or omit input_shape to take the "
             f"checkpoint's channels."
@@ -162,7 +168,7 @@ def _source_classes(source):
     head = source.weight(_HEAD, "kernel")
     if head is not None:
         return int(head.value.shape[-1])
-    if source.weight(_STEM, "kernel") is not None:
+    if stem_kernel(source)[1] is not None:
         return 0  # a zoo (or keras.applications) model saved without its top
     return None
 
@@ -173,7 +179,7 @@ def _hints(name, source, accepted, given):
     norm = norm_of(layer_names)
     if norm is not None:
         hints["norm"] = norm
-    stem = source.weight(_STEM, "kernel")
+    stem = stem_kernel(source, last=True)[1]
     if "width" in accepted and stem is not None:
         hints["width"] = int(stem.value.shape[-1])
     if "layout" in accepted:
