@@ -110,8 +110,11 @@ def is_torch_file(path):
     """True if the file at `path` is what `torch.save` writes: a zip with a
     `data.pkl` member, or a pickle (torch's format before its zip)."""
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("/data.pkl") for name in archive.namelist())
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return any(name.endswith("/data.pkl") for name in archive.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return False  # a damaged zip: the .keras reader says so
     with open(path, "rb") as file:
         start = file.read(2)
     return len(start) == 2 and start[0] == _PICKLE_PROTO and 2 <= start[1] <= 5
@@ -123,7 +126,7 @@ def read_safetensors(path):
         data = file.read()
     try:
         entries = safetensors.deserialize(data)
-    except Exception as error:  # noqa: BLE001  (SafetensorError is a plain Exception)
+    except safetensors.SafetensorError as error:
         raise RestoreError(
             f"{path} cannot be read as a safetensors file ({type(error).__name__}: {error}): "
             f"it is truncated or damaged. Copy or download it again; nothing was restored."
