@@ -1,8 +1,8 @@
 """Restoring pretrained ResNets with every variable, BatchNorm statistics included.
 
     report = normzoo.checkpoints.restore(model, "resnet50_weights_tf_dim_ordering_tf_kernels.h5")
-    model = normzoo.models.build("resnet50v2", weights="resnet_v2_50.ckpt")  # TF-slim
-    model = normzoo.models.build("resnet50", weights="model.safetensors")  # torchvision/timm
+    model = normzoo.build("resnet50v2", weights="resnet_v2_50.ckpt")  # TF-slim
+    model = normzoo.build("resnet50", weights="model.safetensors")  # torchvision/timm
     model.restore_report.preprocess_mode  # "torch": the input preprocessing the weights expect
 
 A restore is all or nothing: it reads and checks the whole checkpoint
@@ -19,9 +19,9 @@ verifies: a damaged tensor is named and nothing is restored. The report
 says whether the checkpoint's bytes were verified, and against what
 (`normzoo.checkpoints.integrity`), or "not verified".
 
-Article 002 of the design notes is the failure this prevents: a pretrained
-network restored from its trainable variables only keeps initial BatchNorm
-statistics, still "loads" and still trains, and predicts badly.
+This prevents a known failure: a pretrained network restored from its
+trainable variables only keeps initial BatchNorm statistics, still "loads"
+and still trains, and predicts badly.
 """
 
 from normzoo.checkpoints.keras_files import save_weights

@@ -49,6 +49,7 @@ import ml_dtypes
 import numpy as np
 import safetensors
 
+from normzoo import naming
 from normzoo.checkpoints.report import RestoreError, listing
 from normzoo.checkpoints.source import Source, Tensor
 
@@ -68,6 +69,7 @@ _NORM_WEIGHTS = {
     "running_mean": "moving_mean",
     "running_var": "moving_variance",
 }
+_LINEAR_WEIGHTS = {"weight": "kernel", "bias": "bias"}
 _BATCH_COUNTER = "num_batches_tracked"
 _UNIT = re.compile(r"layer(\d+)\.(\d+)\.(.+)")
 # torch.nn.DataParallel / DistributedDataParallel save their module's names under this prefix.
@@ -332,47 +334,51 @@ def _normzoo_name(name, avg_down, deep_stem):
     `deep_stem` says whether the stem is timm's deep one."""
     module, _, weight = name.rpartition(".")
     if module == "fc":
-        return {"weight": ("predictions", "kernel"), "bias": ("predictions", "bias")}.get(weight)
+        return (naming.CLASSIFIER, _LINEAR_WEIGHTS[weight]) if weight in _LINEAR_WEIGHTS else None
     if module == "conv1":
-        return _conv("conv1_conv", weight)
+        return _conv(naming.STEM, weight)
     if module == "bn1":
-        return _norm("conv1_3_bn" if deep_stem else "conv1_bn", weight)
+        # The stem's last norm: of its one convolution, or of a deep stem's last.
+        return _norm(naming.deep_stem(naming.DEEP_STEM_CONVS) if deep_stem else naming.STEM, weight)
     stem = re.fullmatch(r"conv1\.(\d)", module)
     if stem:
         # timm's deep stem: Sequential(conv, bn, act, conv, bn, act, conv); bn1 ends it.
         position = int(stem[1])
+        prefix = naming.deep_stem(position // 3 + 1)
         if position in (0, 3, 6):
-            return _conv(f"conv1_{position // 3 + 1}_conv", weight)
+            return _conv(prefix, weight)
         if position in (1, 4):
-            return _norm(f"conv1_{position // 3 + 1}_bn", weight)
+            return _norm(prefix, weight)
         return None
     match = _UNIT.fullmatch(name)
     if not match:
         return None
     stage, unit, rest = int(match[1]), int(match[2]), match[3]
-    prefix = f"conv{stage + 1}_block{unit + 1}"
+    block = naming.block(stage + 1, unit + 1)
     module = rest.rpartition(".")[0]
     convolution = re.fullmatch(r"conv(\d)", module)
     if convolution:
-        return _conv(f"{prefix}_{convolution[1]}_conv", weight)
+        return _conv(naming.branch(block, int(convolution[1])), weight)
     norm = re.fullmatch(r"bn(\d)", module)
     if norm:
-        return _norm(f"{prefix}_{norm[1]}_bn", weight)
+        return _norm(naming.branch(block, int(norm[1])), weight)
     downsample = re.fullmatch(r"downsample\.(\d)", module)
     if downsample:
         # Sequential(conv, bn), or timm's avg-down Sequential(pool, conv, bn).
         conv_index = 1 if f"{stage}.{unit}" in avg_down else 0
         index = int(downsample[1])
         if index == conv_index:
-            return _conv(f"{prefix}_0_conv", weight)
+            return _conv(naming.branch(block, 0), weight)
         if index == conv_index + 1:
-            return _norm(f"{prefix}_0_bn", weight)
+            return _norm(naming.branch(block, 0), weight)
     return None
 
 
-def _conv(layer, weight):
-    return (layer, "kernel") if weight == "weight" else None
+def _conv(prefix, weight):
+    return (naming.conv(prefix), "kernel") if weight == "weight" else None
 
 
-def _norm(layer, weight):
-    return (layer, _NORM_WEIGHTS[weight]) if weight in _NORM_WEIGHTS else None
+def _norm(prefix, weight):
+    if weight not in _NORM_WEIGHTS:
+        return None
+    return naming.norm(prefix, "batch"), _NORM_WEIGHTS[weight]

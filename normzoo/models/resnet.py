@@ -35,7 +35,7 @@ These are torchvision/timm architectures, so their default layout is
 "torchvision"; the others default to "keras".
 
 Whatever the layout, layers are named as keras.applications names them (see
-`normzoo.models.blocks`), which maps one to one onto the other sources:
+`normzoo.naming`), which maps one to one onto the other sources:
 
 | normzoo / keras | torchvision, timm | TF-slim `resnet_v{1,2}_50/` |
 |---|---|---|
@@ -51,6 +51,7 @@ import dataclasses
 
 import keras
 
+from normzoo import naming
 from normzoo.models import blocks
 
 
@@ -151,7 +152,7 @@ def resnet(
 
     Args:
         variant: A key of `VARIANTS`, e.g. "resnet50" or "resnet50v2".
-        norm: One of `blocks.NORMS`.
+        norm: One of `normzoo.naming.NORMS`.
         num_classes: Size of the classifier; 0 for no classifier (the output
             is then the globally average-pooled features).
         input_shape: Channels-last input shape; height and width may be None.
@@ -202,16 +203,18 @@ def resnet(
     inputs = blocks.model_input(input_shape)
     if spec.resnet_d:
         x = inputs
-        for j, (filters, strides) in enumerate(((width // 2, 2), (width // 2, 1), (width, 1)), 1):
+        stem_convs = ((width // 2, 2), (width // 2, 1), (width, 1))
+        for j, (filters, strides) in enumerate(stem_convs, 1):
+            prefix = naming.deep_stem(j)
             x = blocks.conv2d(
                 x,
                 filters,
                 3,
                 strides=strides,
                 use_bias=normalization.use_bias(style.conv_bias, followed_by_norm=True),
-                name=f"conv1_{j}",
+                name=prefix,
             )
-            x = blocks.relu(normalization.normalize(x, f"conv1_{j}"), name=f"conv1_{j}_relu")
+            x = blocks.relu(normalization.normalize(x, prefix), name=f"{prefix}_relu")
     else:
         # A pre-activation stem has neither norm nor ReLU: the first block's
         # pre-activation provides them.
@@ -223,10 +226,10 @@ def resnet(
             use_bias=normalization.use_bias(
                 style.conv_bias, followed_by_norm=not spec.preactivation
             ),
-            name="conv1",
+            name=naming.STEM,
         )
         if not spec.preactivation:
-            x = blocks.relu(normalization.normalize(x, "conv1"), name="conv1_relu")
+            x = blocks.relu(normalization.normalize(x, naming.STEM), name=f"{naming.STEM}_relu")
     if style.stem_pool_padding == "zeros":
         x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
         x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
@@ -251,7 +254,7 @@ def resnet(
                 norm=normalization,
                 conv_bias=style.conv_bias,
                 shortcut="average_pool_projection" if spec.resnet_d else "projection",
-                name=f"conv{stage + 2}_block{unit}",
+                name=naming.block(stage + 2, unit),
             )
 
     outputs = blocks.classifier_head(

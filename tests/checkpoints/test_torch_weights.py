@@ -22,7 +22,8 @@ import timm
 import torch
 import torchvision
 
-from normzoo import checkpoints, models
+import normzoo
+from normzoo import checkpoints
 from normzoo.checkpoints import torch_files
 
 CLASSES = 7
@@ -77,7 +78,7 @@ def built(references):
         if name not in made:
             key = next(key for key, (model_name, _) in REFERENCES.items() if model_name == name)
             _, paths, _ = references(key)
-            made[name] = models.build(name, weights=paths["safetensors"], input_shape=SHAPE)
+            made[name] = normzoo.build(name, weights=paths["safetensors"], input_shape=SHAPE)
         return made[name]
 
     return make
@@ -124,7 +125,7 @@ def test_restored_model_computes_the_torch_models_logits(
 
 def test_build_detects_layout_classes_and_channels_from_a_pth_file(references, images, tools):
     _, paths, expected = references("torchvision_resnet18")
-    model = models.build("resnet18", weights=paths["pth"])
+    model = normzoo.build("resnet18", weights=paths["pth"])
     report = model.restore_report
     assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, CLASSES)
     # The "torchvision" layout: no convolution biases, epsilon 1e-5, momentum 0.9.
@@ -134,7 +135,7 @@ def test_build_detects_layout_classes_and_channels_from_a_pth_file(references, i
     }
     assert report.verified and "CRC-32" in report.verification
     assert "'torch'" in str(report)
-    same = models.build("resnet18", weights=paths["pth"], input_shape=SHAPE)
+    same = normzoo.build("resnet18", weights=paths["pth"], input_shape=SHAPE)
     tools.assert_same_outputs(same(images, training=False).numpy(), expected)
 
 
@@ -173,7 +174,7 @@ def test_a_lost_tensor_is_refused_by_name_and_the_model_is_unchanged(tmp_path, r
 
 def test_a_model_without_its_classifier_gives_torchs_pooled_features(references, images, tools):
     torch_model, paths, _ = references("torchvision_resnet18")
-    model = models.build("resnet18", weights=paths["safetensors"], num_classes=0, input_shape=SHAPE)
+    model = normzoo.build("resnet18", weights=paths["safetensors"], num_classes=0, input_shape=SHAPE)
     features = torch.nn.Sequential(*list(torch_model.children())[:-1], torch.nn.Flatten())
     tools.assert_same_outputs(
         model(images, training=False).numpy(), _torch_outputs(features, images)

@@ -24,7 +24,8 @@ import torch
 import torchvision
 from torchvision.transforms import functional
 
-from normzoo import data, models
+import normzoo
+from normzoo import data
 from normzoo.training import TrainConfig, train
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "finetune.py"
@@ -157,7 +158,7 @@ def test_finetune_script_from_safetensors_new_head_frozen_bn_and_preprocessing_f
     # The fine-tuned weights: BatchNorm (--bn=frozen) still holds torch's
     # values, bit for bit; the convolutions trained. Their restore report
     # says what the run fed, as recorded in its flags.json.
-    trained = models.build("resnet18", weights=model_dir / "model.weights.h5", layout="torchvision")
+    trained = normzoo.build("resnet18", weights=model_dir / "model.weights.h5", layout="torchvision")
     assert trained.restore_report.preprocess_mode == "caffe"
     state = torch_model.state_dict()
     for torch_name, keras_name in [
