@@ -205,8 +205,9 @@ def load(
             variable-size images to 224. E.g. 32 makes digits CIFAR-sized.
         channels: Output channels. None keeps the stored channels; 3 turns
             grayscale images (digits) into RGB.
-        preprocess_mode: "tf" (pixels in [-1, 1]), "torch" or "caffe"; see
-            `preprocessing.Recipe`.
+        preprocess_mode: "tf" (pixels in [-1, 1]), "torch", "caffe" or "vgg":
+            the normalization a checkpoint's weights expect (see
+            `preprocessing.Recipe`).
         invert: Invert pixel values (255 - value) before the normalization:
             a domain shift (see `preprocessing.Recipe`).
         single_class_batches: Batch the evaluation stream by class (see

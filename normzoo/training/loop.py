@@ -106,6 +106,18 @@ class TrainConfig:
     statistics re-estimated on the first training batches, then as
     "frozen_stats"). `invert_images` inverts the pixel
     values of the dataset (a domain shift, see `normzoo.data.load`).
+
+    Inputs: `preprocess_mode` is the normalization of every image (a mode
+    of `normzoo.data.load`: "tf", "torch", "caffe" or "vgg"); None feeds
+    what the init checkpoint's weights expect (its
+    `RestoreReport.preprocess_mode`: "torch" for torchvision and timm,
+    "caffe" for keras.applications' ResNet50, ...), or "tf" when there is
+    none or it does not say. `channels` (None: the init checkpoint's input
+    channels, else the dataset's; grey images become RGB for a 3-channel
+    checkpoint) and `layout` (None: the init checkpoint's, e.g.
+    "torchvision", else the model's default) come from the init checkpoint
+    the same way. `train` resolves all three before anything is built, and
+    flags.json records the values used; a resumed run takes them from there.
     """
 
     model: str = "resnet20"
@@ -138,6 +150,9 @@ class TrainConfig:
     init_checkpoint: str | None = None
     init_variables: str = "all"
     bn: str = "train"
+    preprocess_mode: str | None = None
+    channels: int | None = None
+    layout: str | None = None
 
     def validate(self):
         """Raises ConfigError naming the first invalid field and what is valid."""
@@ -151,6 +166,8 @@ class TrainConfig:
             "bn": BN_MODES,
             "init_variables": INIT_VARIABLES,
         }
+        if self.preprocess_mode is not None:
+            choices["preprocess_mode"] = data.preprocessing.PREPROCESS_MODES
         for field, valid in choices.items():
             if getattr(self, field) not in valid:
                 raise ConfigError(
@@ -274,18 +291,51 @@ _MODEL_FIELDS = (
     "bn",
     "init_checkpoint",
     "init_variables",
+    "preprocess_mode",
+    "channels",
+    "layout",
 )
 _DEFAULTS = TrainConfig()
+# Resolved before a run starts (from its init checkpoint) and recorded in
+# flags.json; a flags.json older than a field ran with these values.
+_INPUT_FIELDS = ("preprocess_mode", "channels", "layout")
+_UNRECORDED = {"preprocess_mode": "tf", "channels": None, "layout": None}
+
+
+def _saved_config(model_dir):
+    with open(os.path.join(model_dir, "flags.json")) as f:
+        return json.load(f)["config"]
+
+
+def _with_inputs(config, init_source, resumed):
+    """`config` with `_INPUT_FIELDS` left None resolved: from the init
+    checkpoint when the run starts from it, from model_dir/flags.json when
+    it resumes; preprocess_mode "tf" when nothing says."""
+    if init_source is not None:
+        found = finetune.checkpoint_inputs(init_source, config.model)
+    elif resumed and os.path.exists(os.path.join(config.model_dir, "flags.json")):
+        saved = _saved_config(config.model_dir)
+        found = {field: saved.get(field, _UNRECORDED[field]) for field in _INPUT_FIELDS}
+    else:
+        found = {}
+    values = {
+        field: found.get(field) if getattr(config, field) is None else getattr(config, field)
+        for field in _INPUT_FIELDS
+    }
+    values["preprocess_mode"] = values["preprocess_mode"] or "tf"
+    return dataclasses.replace(config, **values)
 
 
 def _check_same_model(config):
-    path = os.path.join(config.model_dir, "flags.json")
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(config.model_dir, "flags.json")):
         return
-    with open(path) as f:
-        saved = json.load(f)["config"]
+    saved = _saved_config(config.model_dir)
     # A field absent from an older flags.json had its default value.
-    changed = [f for f in _MODEL_FIELDS if saved.get(f, getattr(_DEFAULTS, f)) != getattr(config, f)]
+    changed = [
+        f
+        for f in _MODEL_FIELDS
+        if saved.get(f, _UNRECORDED.get(f, getattr(_DEFAULTS, f))) != getattr(config, f)
+    ]
     if changed:
         details = ", ".join(f"{f}={saved.get(f)!r} there, {getattr(config, f)!r} now" for f in changed)
         raise ConfigError(
@@ -311,6 +361,8 @@ def _load(config, split, training, seed, input_context=None):
         input_context=input_context,
         training=training,
         image_size=config.image_size,
+        channels=config.channels,
+        preprocess_mode=config.preprocess_mode,
         invert=config.invert_images,
         seed=seed,
     )
@@ -379,7 +431,21 @@ def train(config, *, strategy=None):
             f"batch_size={config.batch_size} does not divide over {replicas} replicas; "
             f"use a multiple of {replicas}."
         )
-    info = data.info(config.dataset, data_dir=config.data_dir, image_size=config.image_size)
+    # Every worker resumes from the chief's checkpoints.
+    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+    # A resumed run continues from its own checkpoint, never from the init one.
+    init_source = None
+    if config.init_checkpoint and not latest:
+        try:
+            init_source = finetune.read_init_checkpoint(config.init_checkpoint, config.norm)
+        except finetune.InitCheckpointError as error:
+            raise ConfigError(str(error)) from None
+    config = _with_inputs(config, init_source, bool(latest))
+    if latest:
+        _check_same_model(config)
+    info = data.info(
+        config.dataset, data_dir=config.data_dir, image_size=config.image_size, channels=config.channels
+    )
     steps_per_epoch = config.steps_per_epoch or info.train_examples // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(
@@ -394,17 +460,6 @@ def train(config, *, strategy=None):
         )
     chief = distribute.is_chief(strategy)
     out_dir = distribute.worker_dir(config.model_dir, strategy)
-    # Every worker resumes from the chief's checkpoints.
-    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
-    if latest:
-        _check_same_model(config)
-    # A resumed run continues from its own checkpoint, never from the init one.
-    init_source = None
-    if config.init_checkpoint and not latest:
-        try:
-            init_source = finetune.read_init_checkpoint(config.init_checkpoint, config.norm)
-        except finetune.InitCheckpointError as error:
-            raise ConfigError(str(error)) from None
 
     previous_policy = _set_policy(config.mixed_precision)
     try:
@@ -415,6 +470,8 @@ def train(config, *, strategy=None):
                 overrides["synchronized_bn"] = True
             if config.skipinit_alpha is not None:
                 overrides["skipinit_alpha"] = config.skipinit_alpha
+            if config.layout is not None:
+                overrides["layout"] = config.layout
             model = models.build(
                 config.model,
                 norm=config.norm,
