@@ -148,6 +148,8 @@ def load(
     invert=False,
     single_class_batches=False,
     seed=0,
+    steps_per_epoch=None,
+    start_step=0,
 ):
     """Returns a `tf.data.Dataset` of `(images, labels)` batches from a TFDS dataset.
 
@@ -180,6 +182,17 @@ def load(
       function of `seed`, the input pipeline id and the number of pipelines:
       the same arguments give the same batches, and each pass over the data
       is shuffled and augmented anew.
+    - Training in epochs (`steps_per_epoch`): the stream is a sequence of
+      epochs of `steps_per_epoch` global batches each, without end; epoch
+      `e` is the first `steps_per_epoch` global batches of the stream above
+      with seed `seed + e` (each epoch has its own order and augmentation;
+      the examples left over at its end are not carried into the next). One
+      iterator serves a whole run: no pipeline is rebuilt between epochs.
+    - `start_step` starts the stream there, exactly as if its first
+      `start_step` global batches had been read and dropped, without
+      decoding or augmenting them (a resumed run continues with the batch
+      it would have seen); with `steps_per_epoch`, the epochs before
+      `start_step // steps_per_epoch` are not read at all.
     - Evaluation (`training=False`): no shuffling, no augmentation, no
       repetition; every example once, in a fixed order, the last batch
       possibly partial. Iterating twice gives identical batches. With
@@ -212,6 +225,10 @@ def load(
         single_class_batches: Batch the evaluation stream by class (see
             above); only with `training=False`.
         seed: Seed of the shuffling and the augmentation.
+        steps_per_epoch: Global batches per epoch of the training stream
+            (see above); None: one stream of passes, no epochs.
+        start_step: Global batches of the training stream to drop at its
+            start (see above).
 
     Raises:
         ValueError: for an unknown dataset or split, a batch size that the
@@ -219,6 +236,16 @@ def load(
             global batch.
         DatasetNotPreparedError: see `prepared_builder`.
     """
+    if not training and (steps_per_epoch is not None or start_step):
+        raise ValueError(
+            "steps_per_epoch and start_step organize the training stream "
+            "(training=True); an evaluation dataset yields every example once."
+        )
+    if steps_per_epoch is not None and steps_per_epoch < 1 or start_step < 0:
+        raise ValueError(
+            f"steps_per_epoch must be positive (or None) and start_step >= 0; got "
+            f"steps_per_epoch={steps_per_epoch!r}, start_step={start_step!r}."
+        )
     if training and single_class_batches:
         raise ValueError(
             "single_class_batches=True is for evaluation (training=False): training "
@@ -242,29 +269,58 @@ def load(
         pipeline_split = tfds.even_splits(split, n=input_context.num_input_pipelines)[
             input_context.input_pipeline_id
         ]
-    # Images stay encoded until after shuffling, so the shuffle buffer holds
-    # small JPEG/PNG strings rather than decoded images.
-    dataset = builder.as_dataset(
-        split=pipeline_split,
-        decoders={"image": tfds.decode.SkipDecoding()},
-        shuffle_files=training,
-        read_config=tfds.ReadConfig(shuffle_seed=seed),
-    )
+
+    def encoded(seed):
+        # Images stay encoded until after shuffling, so the shuffle buffer
+        # holds small JPEG/PNG strings rather than decoded images.
+        return builder.as_dataset(
+            split=pipeline_split,
+            decoders={"image": tfds.decode.SkipDecoding()},
+            shuffle_files=training,
+            read_config=tfds.ReadConfig(shuffle_seed=seed),
+        )
 
     def decode(example):
         return image_feature.decode_example(example["image"]), tf.cast(example["label"], tf.int32)
 
     if training:
         buffer_size = min(_num_examples(builder, pipeline_split), _MAX_SHUFFLE_BUFFER)
-        dataset = dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
-        # The position in the repeated stream seeds each example's
-        # augmentation: deterministic, and different in every pass.
-        dataset = dataset.repeat().enumerate()
-        pipeline_seed = tf.constant([seed, input_context.input_pipeline_id], tf.int64)
+        pipeline_id = tf.constant(input_context.input_pipeline_id, tf.int64)
 
-        def train_example(position, example):
+        def stream(seed):
+            """The encoded examples of the stream of `seed`, each with the
+            seed of its augmentation: the position in the repeated stream
+            seeds it, so it is deterministic and different in every pass."""
+            seed = tf.cast(seed, tf.int64)
+            examples = encoded(seed).shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
+            pipeline_seed = tf.stack([seed, pipeline_id])
+            return examples.repeat().enumerate().map(
+                lambda position, example: (
+                    tf.random.experimental.stateless_fold_in(pipeline_seed, position),
+                    example,
+                )
+            )
+
+        # This pipeline's examples of one global batch.
+        step_examples = global_batch_size // input_context.num_input_pipelines
+        if steps_per_epoch is None:
+            dataset = stream(seed).skip(start_step * step_examples)
+        else:
+            # Only the shuffle of encoded examples is rebuilt for each epoch,
+            # inside the running pipeline; decoding, augmentation, batching
+            # and prefetching below serve every epoch.
+            epoch_examples = steps_per_epoch * step_examples
+            first_epoch, skipped_steps = divmod(start_step, steps_per_epoch)
+            # AutoGraph has nothing to convert here (and cannot read TFDS's
+            # wrapt-decorated as_dataset, which it warns about).
+            epoch_stream = tf.autograph.experimental.do_not_convert(
+                lambda epoch: stream(seed + epoch).take(epoch_examples)
+            )
+            dataset = tf.data.Dataset.counter(first_epoch).flat_map(epoch_stream)
+            dataset = dataset.skip(skipped_steps * step_examples)
+
+        def train_example(example_seed, example):
             image, label = decode(example)
-            example_seed = tf.random.experimental.stateless_fold_in(pipeline_seed, position)
             return preprocessing.preprocess(image, recipe, training=True, seed=example_seed), label
 
         dataset = dataset.map(train_example, num_parallel_calls=tf.data.AUTOTUNE)
@@ -274,7 +330,7 @@ def load(
             image, label = decode(example)
             return preprocessing.preprocess(image, recipe, training=False), label
 
-        dataset = dataset.map(eval_example, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = encoded(seed).map(eval_example, num_parallel_calls=tf.data.AUTOTUNE)
     if single_class_batches:
         # A batch is emitted when a class has filled one; the partial batch
         # of each class comes out at the end of the split.
