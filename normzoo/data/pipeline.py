@@ -179,8 +179,7 @@ def load(
       repeated forever, and every batch is full (static shape): an epoch is
       `train_examples // global_batch_size` steps, the examples left over at
       the end of one pass start the next batch. The stream is a deterministic
-      function of `seed`, the input pipeline id and the number of pipelines
-      (a global seed, `tf.random.set_seed`, does not change it):
+      function of `seed`, the input pipeline id and the number of pipelines:
       the same arguments give the same batches, and each pass over the data
       is shuffled and augmented anew.
     - Training in epochs (`steps_per_epoch`): the stream is a sequence of
@@ -288,18 +287,11 @@ def load(
         buffer_size = min(_num_examples(builder, pipeline_split), _MAX_SHUFFLE_BUFFER)
         pipeline_id = tf.constant(input_context.input_pipeline_id, tf.int64)
 
-        # AutoGraph has nothing to convert in `stream` (and cannot read
-        # TFDS's wrapt-decorated as_dataset, which it warns about).
-        @tf.autograph.experimental.do_not_convert
         def stream(seed):
-            """The encoded examples of the stream of `seed` (an int64 tensor,
-            traced in a dataset function), each with the seed of its
-            augmentation: the position in the repeated stream seeds it, so
-            it is deterministic and different in every pass."""
-            # The stream depends on `seed` alone, not on a global seed (which
-            # dataset functions inherit); besides, TF 2.21's get_seed fails on
-            # a tensor seed when the global seed is 0.
-            tf.random.set_seed(None)
+            """The encoded examples of the stream of `seed`, each with the
+            seed of its augmentation: the position in the repeated stream
+            seeds it, so it is deterministic and different in every pass."""
+            seed = tf.cast(seed, tf.int64)
             examples = encoded(seed).shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
             pipeline_seed = tf.stack([seed, pipeline_id])
             return examples.repeat().enumerate().map(
@@ -312,17 +304,19 @@ def load(
         # This pipeline's examples of one global batch.
         step_examples = global_batch_size // input_context.num_input_pipelines
         if steps_per_epoch is None:
-            dataset = tf.data.Dataset.from_tensors(tf.constant(seed, tf.int64)).flat_map(stream)
-            dataset = dataset.skip(start_step * step_examples)
+            dataset = stream(seed).skip(start_step * step_examples)
         else:
             # Only the shuffle of encoded examples is rebuilt for each epoch,
             # inside the running pipeline; decoding, augmentation, batching
             # and prefetching below serve every epoch.
             epoch_examples = steps_per_epoch * step_examples
             first_epoch, skipped_steps = divmod(start_step, steps_per_epoch)
-            dataset = tf.data.Dataset.counter(first_epoch).flat_map(
+            # AutoGraph has nothing to convert here (and cannot read TFDS's
+            # wrapt-decorated as_dataset, which it warns about).
+            epoch_stream = tf.autograph.experimental.do_not_convert(
                 lambda epoch: stream(seed + epoch).take(epoch_examples)
             )
+            dataset = tf.data.Dataset.counter(first_epoch).flat_map(epoch_stream)
             dataset = dataset.skip(skipped_steps * step_examples)
 
         def train_example(example_seed, example):
