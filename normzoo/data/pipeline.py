@@ -17,6 +17,7 @@ automatically (offline, in seconds).
 """
 
 import dataclasses
+import functools
 import textwrap
 
 import tensorflow as tf
@@ -149,6 +150,7 @@ def load(
     single_class_batches=False,
     seed=0,
     steps_per_epoch=None,
+    epochs=None,
     start_step=0,
 ):
     """Returns a `tf.data.Dataset` of `(images, labels)` batches from a TFDS dataset.
@@ -182,16 +184,17 @@ def load(
       function of `seed`, the input pipeline id and the number of pipelines:
       the same arguments give the same batches, and each pass over the data
       is shuffled and augmented anew.
-    - Training in epochs (`steps_per_epoch`): the stream is a sequence of
-      epochs of `steps_per_epoch` global batches each, without end; epoch
-      `e` is the first `steps_per_epoch` global batches of the stream above
-      with seed `seed + e` (each epoch has its own order and augmentation;
-      the examples left over at its end are not carried into the next). One
-      iterator serves a whole run: no pipeline is rebuilt between epochs.
+    - Training in epochs (`steps_per_epoch` and `epochs`): the stream is
+      `epochs` epochs of `steps_per_epoch` global batches each, then ends;
+      epoch `e` is the first `steps_per_epoch` global batches of the stream
+      above with seed `seed + e` (each epoch has its own order and
+      augmentation; the examples left over at its end are not carried into
+      the next). One iterator serves a whole run: no pipeline is rebuilt
+      between epochs.
     - `start_step` starts the stream there, exactly as if its first
       `start_step` global batches had been read and dropped, without
       decoding or augmenting them (a resumed run continues with the batch
-      it would have seen); with `steps_per_epoch`, the epochs before
+      it would have seen); in epochs, the epochs before
       `start_step // steps_per_epoch` are not read at all.
     - Evaluation (`training=False`): no shuffling, no augmentation, no
       repetition; every example once, in a fixed order, the last batch
@@ -227,6 +230,7 @@ def load(
         seed: Seed of the shuffling and the augmentation.
         steps_per_epoch: Global batches per epoch of the training stream
             (see above); None: one stream of passes, no epochs.
+        epochs: Epochs of the training stream (with `steps_per_epoch`).
         start_step: Global batches of the training stream to drop at its
             start (see above).
 
@@ -236,16 +240,22 @@ def load(
             global batch.
         DatasetNotPreparedError: see `prepared_builder`.
     """
-    if not training and (steps_per_epoch is not None or start_step):
+    in_epochs = steps_per_epoch is not None or epochs is not None
+    if not training and (in_epochs or start_step):
         raise ValueError(
-            "steps_per_epoch and start_step organize the training stream "
+            "steps_per_epoch, epochs and start_step organize the training stream "
             "(training=True); an evaluation dataset yields every example once."
         )
-    if steps_per_epoch is not None and steps_per_epoch < 1 or start_step < 0:
+    if in_epochs and not (
+        (steps_per_epoch or 0) > 0 and (epochs or 0) > 0 and start_step < steps_per_epoch * epochs
+    ):
         raise ValueError(
-            f"steps_per_epoch must be positive (or None) and start_step >= 0; got "
-            f"steps_per_epoch={steps_per_epoch!r}, start_step={start_step!r}."
+            f"A training stream in epochs needs positive steps_per_epoch and epochs, and a "
+            f"start_step before its end; got steps_per_epoch={steps_per_epoch!r}, "
+            f"epochs={epochs!r}, start_step={start_step!r}."
         )
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0; got {start_step!r}.")
     if training and single_class_batches:
         raise ValueError(
             "single_class_batches=True is for evaluation (training=False): training "
@@ -270,14 +280,14 @@ def load(
             input_context.input_pipeline_id
         ]
 
-    def encoded(seed):
+    def encoded(seed, **read):
         # Images stay encoded until after shuffling, so the shuffle buffer
         # holds small JPEG/PNG strings rather than decoded images.
         return builder.as_dataset(
             split=pipeline_split,
             decoders={"image": tfds.decode.SkipDecoding()},
             shuffle_files=training,
-            read_config=tfds.ReadConfig(shuffle_seed=seed),
+            read_config=tfds.ReadConfig(shuffle_seed=seed, **read),
         )
 
     def decode(example):
@@ -285,42 +295,41 @@ def load(
 
     if training:
         buffer_size = min(_num_examples(builder, pipeline_split), _MAX_SHUFFLE_BUFFER)
-        pipeline_id = tf.constant(input_context.input_pipeline_id, tf.int64)
 
-        def stream(seed):
+        def stream(seed, **read):
             """The encoded examples of the stream of `seed`, each with the
             seed of its augmentation: the position in the repeated stream
             seeds it, so it is deterministic and different in every pass."""
-            seed = tf.cast(seed, tf.int64)
-            examples = encoded(seed).shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
-            pipeline_seed = tf.stack([seed, pipeline_id])
-            return examples.repeat().enumerate().map(
-                lambda position, example: (
-                    tf.random.experimental.stateless_fold_in(pipeline_seed, position),
-                    example,
-                )
-            )
+            examples = encoded(seed, **read).shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
+            pipeline_seed = [seed, input_context.input_pipeline_id]
+            seeds = tf.data.Dataset.from_tensors(tf.constant(pipeline_seed, tf.int64)).repeat()
+            return tf.data.Dataset.zip(seeds, examples.repeat().enumerate())
 
         # This pipeline's examples of one global batch.
         step_examples = global_batch_size // input_context.num_input_pipelines
         if steps_per_epoch is None:
             dataset = stream(seed).skip(start_step * step_examples)
         else:
-            # Only the shuffle of encoded examples is rebuilt for each epoch,
-            # inside the running pipeline; decoding, augmentation, batching
-            # and prefetching below serve every epoch.
-            epoch_examples = steps_per_epoch * step_examples
+            # One stream per epoch, chained: decoding, augmentation, batching
+            # and prefetching below serve them all. They are built here,
+            # with Python seeds (TF 2.21 cannot seed a shuffle from a tensor
+            # under a global seed of 0, so a dataset function cannot build
+            # them as they come): about 0.1 s per epoch. Without TFDS's
+            # in-memory cache, which every epoch would fill anew and keep.
             first_epoch, skipped_steps = divmod(start_step, steps_per_epoch)
-            # AutoGraph has nothing to convert here (and cannot read TFDS's
-            # wrapt-decorated as_dataset, which it warns about).
-            epoch_stream = tf.autograph.experimental.do_not_convert(
-                lambda epoch: stream(seed + epoch).take(epoch_examples)
-            )
-            dataset = tf.data.Dataset.counter(first_epoch).flat_map(epoch_stream)
+            epoch_streams = [
+                stream(seed + epoch, try_autocache=False, skip_prefetch=True).take(
+                    steps_per_epoch * step_examples
+                )
+                for epoch in range(first_epoch, epochs)
+            ]
+            dataset = functools.reduce(tf.data.Dataset.concatenate, epoch_streams)
             dataset = dataset.skip(skipped_steps * step_examples)
 
-        def train_example(example_seed, example):
+        def train_example(pipeline_seed, indexed_example):
+            position, example = indexed_example
             image, label = decode(example)
+            example_seed = tf.random.experimental.stateless_fold_in(pipeline_seed, position)
             return preprocessing.preprocess(image, recipe, training=True, seed=example_seed), label
 
         dataset = dataset.map(train_example, num_parallel_calls=tf.data.AUTOTUNE)

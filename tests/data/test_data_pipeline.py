@@ -177,10 +177,10 @@ def test_training_epochs_are_the_streams_of_seed_plus_epoch_from_any_start_step(
     for epoch in range(3):
         reference += _batches(load(seed=5 + epoch), steps_per_epoch * per_step)
     for start_step in (0, 6):
-        stream = load(seed=5, steps_per_epoch=steps_per_epoch, start_step=start_step)
+        stream = load(seed=5, steps_per_epoch=steps_per_epoch, epochs=3, start_step=start_step)
         expected = reference[start_step * per_step :]
         for (images, labels), (reference_images, reference_labels) in zip(
-            _batches(stream, len(expected)), expected, strict=True
+            _batches(stream), expected, strict=True
         ):
             np.testing.assert_array_equal(images, reference_images)
             np.testing.assert_array_equal(labels, reference_labels)
@@ -191,10 +191,12 @@ def test_epochs_and_start_step_are_for_training_only(data_dir):
         normzoo.data.load(
             "digits", "test", data_dir=data_dir, global_batch_size=8, training=False, start_step=1
         )
-    with pytest.raises(ValueError, match="steps_per_epoch must be positive"):
-        normzoo.data.load(
-            "digits", "train", data_dir=data_dir, global_batch_size=8, training=True, steps_per_epoch=0
-        )
+    for epochs, start_step in ((None, 0), (2, 6)):
+        with pytest.raises(ValueError, match="needs positive steps_per_epoch and epochs"):
+            normzoo.data.load(
+                "digits", "train", data_dir=data_dir, global_batch_size=8, training=True,
+                steps_per_epoch=3, epochs=epochs, start_step=start_step,
+            )
 
 
 def test_input_pipelines_read_disjoint_shares_that_cover_the_split(data_dir):
