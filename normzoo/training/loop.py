@@ -744,7 +744,7 @@ def _export(run):
     _write_json(run.metrics_path, final)
     run.log(f"Final test accuracy {final['test_accuracy']:.4f}; wrote {weights_path}.")
     run.log(run.stopwatch.summary(final["time_this_run"]))
-    return TrainResult(model=run.model, metrics=final)
+    return TrainResult(model=run.model, metrics=final, initialization=run.initialization)
 
 
 def _save_checkpoint(run):
