@@ -1,7 +1,54 @@
-"""normzoo: normalization in residual networks, for Keras 3 on TensorFlow."""
+"""normzoo: normalization in residual networks, for Keras 3 on TensorFlow.
+
+    model = normzoo.models.build("wrn_28_10", norm="skipinit", num_classes=10)
+    model = normzoo.build("resnet50", weights="resnet50_weights_tf_dim_ordering_tf_kernels.h5")
+    normzoo.bn.freeze(model)
+
+`normzoo.build` is `normzoo.models.build` plus `weights=`: a model in a
+checkpoint's architecture, with every variable restored from it.
+
+How the code is organized
+-------------------------
+
+Each package has one job, and imports run one way: down this list (top
+level first), from a level to the levels below it, never up and never
+across one level. No import hides inside a function to get around this:
+tests/test_architecture.py parses every import and holds the code to it.
+
+    experiments.py       grids of training runs and their result tables
+    benchmarks/          one module per figure of scripts/benchmark.py,
+                         and the renderer of BENCHMARKS.md
+    training/            the training loop behind scripts/train.py and
+                         scripts/finetune.py: strategies, XLA step forms,
+                         fine-tuning from a checkpoint (TensorFlow-only)
+    checkpoints/         reading every checkpoint format into one `Source`,
+                         restoring it all or nothing, and `normzoo.build`
+    bn.py                BatchNorm tools for trained models: audit, freeze,
+                         recalibrate, fold, convert
+    benchmarking.py      speed measurements for scripts/benchmark*.py
+    models/              the residual zoo: blocks written once, one file
+                         per family, the registry (`models.build`)
+    layers/              BatchNorm, LayerNorm, SkipInit (TensorFlow-only
+                         kernels in `_fused.py`, `_distributed_moments.py`)
+    data/                TFDS datasets through one input pipeline
+    naming.py            the layer-name rules that builders write and
+                         checkpoint readers parse
+    _keras_graph.py      walking and rebuilding any Keras model (the Keras
+                         graph internals this needs, each wrapped once)
+    runtime.py           facts about the running TensorFlow (oneDNN)
+
+The levels, bottom first: naming, runtime, _keras_graph; layers, data;
+models; checkpoints, bn, benchmarking; training; experiments, benchmarks; this file
+(`import normzoo` gives data, layers, models, bn, checkpoints). scripts/
+stands on top of them all: absl-flag entry points that parse flags and
+call the library. A private Keras or TensorFlow API is used only where no
+public one exists, in one small function whose comment names the version
+it was checked against (Keras 3.15.1, TF 2.21).
+"""
 
 __version__ = "0.1.0"
 
 from normzoo import data, layers  # noqa: E402,F401
 from normzoo import models  # noqa: E402,F401
 from normzoo import bn, checkpoints  # noqa: E402,F401
+from normzoo.checkpoints.build import build  # noqa: E402,F401

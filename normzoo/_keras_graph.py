@@ -1,10 +1,13 @@
-"""Walking and rebuilding Keras model graphs, for `normzoo.bn`.
+"""Walking and rebuilding Keras models: the helpers that `normzoo.bn`,
+`normzoo.checkpoints` and `normzoo.benchmarking` share, for any Keras
+model (nothing here knows the zoo).
 
-Keras 3 has no public API for three things `normzoo.bn` needs: telling a
-graph model (Functional or Sequential) from a subclassed one, how often a
-layer is called and consumed in its graph, and running code around a
-layer's calls. Each use of a Keras internal is one small function here,
-checked against Keras 3.15.1; nothing else in normzoo touches them.
+Keras 3 has no public API for four things they need: telling a graph model
+(Functional or Sequential) from a subclassed one, how often a layer is
+called and consumed in its graph, the shapes of each call, and running
+code around a layer's calls. Each use of a Keras internal is one small
+function here, checked against Keras 3.15.1; nothing else in normzoo
+touches them.
 """
 
 import contextlib
@@ -22,6 +25,16 @@ def is_graph_model(layer):
     return isinstance(layer, (Functional, keras.Sequential))
 
 
+def leaf_layers(model):
+    """Every layer of `model` that is not itself a model, nested models
+    (e.g. a backbone inside a classifier) included, in order."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from leaf_layers(layer)
+        else:
+            yield layer
+
+
 def graph_models(model):
     """`model` and every graph model nested in it, outer ones first.
     Subclassed models are not entered."""
@@ -31,11 +44,35 @@ def graph_models(model):
             yield from graph_models(layer)
 
 
+def _calls(layer):
+    """The nodes of `layer`'s calls in its model's graph. Keras keeps them
+    in a private list with no public accessor (Keras 3.15.1:
+    `Operation._inbound_nodes`; a node's `input_tensors` and
+    `output_tensors` are the call's)."""
+    return layer._inbound_nodes
+
+
+def _consumers(layer):
+    """The nodes of the layer calls that take one of `layer`'s outputs
+    (Keras 3.15.1: `Operation._outbound_nodes`, private as `_calls`)."""
+    return layer._outbound_nodes
+
+
 def call_counts(layer):
     """(times `layer` is called in its model's graph, layer calls that take
-    one of its outputs). Keras keeps these as private node lists with no
-    public accessor (Keras 3.15.1: `_inbound_nodes`, `_outbound_nodes`)."""
-    return len(layer._inbound_nodes), len(layer._outbound_nodes)
+    one of its outputs)."""
+    return len(_calls(layer)), len(_consumers(layer))
+
+
+def call_shapes(layer):
+    """[(shape of the first input, shape of the first output)] of every call
+    of `layer` in its model's graph (none for an input layer). The public
+    `layer.input` and `layer.output` serve only a layer called once."""
+    return [
+        (node.input_tensors[0].shape, node.output_tensors[0].shape)
+        for node in _calls(layer)
+        if node.input_tensors
+    ]
 
 
 @contextlib.contextmanager

@@ -12,8 +12,8 @@ dense layers from their shapes, `profiled_float_ops` has TensorFlow's
 profiler count the same graph, and `matmul_flops_per_second` measures what
 this machine's float32 matrix multiply achieves: together they say how much
 of the machine a training step uses. `machine` describes what a figure was
-measured on. scripts/benchmark.py and scripts/benchmark_layers.py are built
-on these.
+measured on. The figures of scripts/benchmark.py (`normzoo.benchmarks`)
+are built on these.
 """
 
 import dataclasses
@@ -26,8 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from normzoo.layers import BatchNorm
-from normzoo.models import leaf_layers
+from normzoo._keras_graph import call_shapes, leaf_layers
 
 # Environment variables that change how fast TensorFlow runs on a CPU.
 SPEED_ENVIRONMENT = (
@@ -165,43 +164,6 @@ def random_batch(batch_size, image_size, num_classes, seed=0):
     return tf.constant(images), tf.constant(labels)
 
 
-def conv_net(batch_norm, image_size, num_classes=10):
-    """The small conv net in which batch normalization layers are compared:
-    four 3x3 convolutions (32, 64, 64, 128 filters; strides 1, 2, 1, 2), each
-    followed by `batch_norm()` and a ReLU, global average pooling and a
-    dense classifier."""
-    inputs = keras.Input((image_size, image_size, 3))
-    x = inputs
-    for filters, stride in ((32, 1), (64, 2), (64, 1), (128, 2)):
-        x = keras.layers.Conv2D(filters, 3, stride, padding="same", use_bias=False)(x)
-        x = batch_norm()(x)
-        x = keras.layers.ReLU()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
-
-
-BATCH_NORMS = {
-    "normzoo.BatchNorm": BatchNorm,
-    "keras.BatchNormalization": keras.layers.BatchNormalization,
-}
-
-
-def compare_batch_norms(mode, *, batch_size, image_size, rounds, steps_per_round, warmup_steps=2):
-    """Training step times of `conv_net` with normzoo's `BatchNorm` and with
-    `keras.layers.BatchNormalization`, side by side (see `compare`).
-
-    Returns:
-        {name: StepTimes} for the names of `BATCH_NORMS`.
-    """
-    images, labels = random_batch(batch_size, image_size, 10)
-    steps = {}
-    for name, batch_norm in BATCH_NORMS.items():
-        keras.utils.set_random_seed(0)
-        model = conv_net(batch_norm, image_size)
-        steps[name] = (train_step(model, mode), (images, labels))
-    return compare(steps, rounds=rounds, steps_per_round=steps_per_round, warmup_steps=warmup_steps)
-
-
 def forward_multiply_adds(model):
     """Multiply-adds of one example's forward pass through the
     convolutions and dense layers of `model`, counted from their shapes.
@@ -220,10 +182,8 @@ def forward_multiply_adds(model):
     """
     total = 0
     for layer in leaf_layers(model):
-        for node in layer._inbound_nodes:
-            if not node.input_tensors:  # an input layer
-                continue
-            total += _multiply_adds(layer, node.input_tensors[0].shape, node.output_tensors[0].shape)
+        for input_shape, output_shape in call_shapes(layer):
+            total += _multiply_adds(layer, input_shape, output_shape)
     return total
 
 
@@ -320,17 +280,6 @@ def linear_fit(x, y):
     total = np.sum((y - y.mean()) ** 2)
     r_squared = 1.0 - np.sum(residuals**2) / total if total > 0 else 1.0
     return LinearFit(float(intercept), float(slope), float(r_squared), residuals.tolist())
-
-
-def onednn_enabled():
-    """Whether TensorFlow runs its oneDNN CPU kernels in this process (what it
-    decided from TF_ENABLE_ONEDNN_OPTS and the CPU; None if unknown)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port  # no public equivalent
-
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        return None
 
 
 def machine():

@@ -21,11 +21,10 @@ import tensorflow as tf
 
 from normzoo import _keras_graph
 from normzoo.layers import BatchNorm, BatchNormalization, LayerNorm, LayerNormalization
-from normzoo.models import leaf_layers
 
 
 def _batch_norms(model, types=(BatchNorm, keras.layers.BatchNormalization)):
-    return [layer for layer in leaf_layers(model) if isinstance(layer, types)]
+    return [layer for layer in _keras_graph.leaf_layers(model) if isinstance(layer, types)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +51,9 @@ def audit(model):
 
     A layer is named when its moving mean is exactly 0 and its moving
     variance exactly 1 in every channel (the initial values: the statistics
-    were never trained or were lost by a partial restore, article 002's
-    bug), when a statistic holds NaN or Inf, or when a variance is negative.
+    were never trained or were lost by a partial restore, e.g. of the
+    trainable variables only), when a statistic holds NaN or Inf, or when a
+    variance is negative.
 
     Args:
         model: A Keras model.
@@ -169,7 +169,11 @@ def _refuse_unreachable(model, keras_classes):
     for graph in _keras_graph.graph_models(model):
         for layer in graph.layers:
             if isinstance(layer, keras.Model) and not _keras_graph.is_graph_model(layer):
-                inside = [n.name for n in leaf_layers(layer) if isinstance(n, keras_classes)]
+                inside = [
+                    n.name
+                    for n in _keras_graph.leaf_layers(layer)
+                    if isinstance(n, keras_classes)
+                ]
                 if inside:
                     problems.append(
                         f"{', '.join(inside[:5])} inside the subclassed model {layer.name!r} "

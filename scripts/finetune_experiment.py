@@ -110,7 +110,7 @@ def _references(entry):
     """The pretrained model on the inverted test set, as restored and with
     recalibrated statistics."""
     info = normzoo.data.info(entry["dataset"], image_size=entry["image_size"])
-    model = normzoo.models.build(entry["model"], weights=FLAGS.init_checkpoint, input_shape=info.image_shape)
+    model = normzoo.build(entry["model"], weights=FLAGS.init_checkpoint, input_shape=info.image_shape)
     references = {"pretrained": ("pretrained, no fine-tuning", _measure(model, entry))}
     train_images = normzoo.data.load(
         entry["dataset"], "train", global_batch_size=FLAGS.batch_size, training=True,

@@ -9,19 +9,30 @@ import sys
 
 import pytest
 
-_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "benchmark.py")
-FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7")
+_SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8")
+P2_MODELS = {
+    "conv_net": "conv net step time, normzoo BatchNorm / keras BatchNormalization",
+    "conv_net_renorm": "conv net step time, normzoo BatchNorm(renorm=True) / keras BatchNormalization(renorm=True)",
+    "masked_sequence": "masked sequence net (Embedding(mask_zero=True) -> BatchNorm -> LSTM) step time, "
+    "normzoo BatchNorm / keras BatchNormalization",
+}
+
+
+def _run(script, output_dir, *flags):
+    completed = subprocess.run(
+        [sys.executable, os.path.join(_SCRIPTS, script), "--quick", f"--output_dir={output_dir}", *flags],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
 
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("benchmarks")
-    subprocess.run(
-        [sys.executable, _SCRIPT, "--quick", f"--output_dir={output_dir}"],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
-    )
+    _run("benchmark.py", output_dir)
     markdown = (output_dir / "BENCHMARKS.md").read_text()
     return json.loads((output_dir / "benchmark.json").read_text()), markdown
 
@@ -79,3 +90,41 @@ def test_depth_fit_has_a_residual_per_depth(record):
     for measurement in record["measurements"]:
         if measurement["figure"] == "P7":
             assert list(measurement["details"]["residual_seconds"]) == depths
+
+
+def test_batch_norm_rows_cover_every_model_and_mode(record):
+    # P2: the default path, renorm and a masked sequence model, each
+    # normzoo / Keras in every mode, against the same target as the default.
+    record, markdown = record
+    rows = {m["name"]: m for m in record["measurements"] if m["figure"] == "P2"}
+    modes = record["config"]["layers_modes"]
+    assert sorted(rows) == sorted(f"{name} ({mode})" for name in P2_MODELS.values() for mode in modes)
+    for row in rows.values():
+        assert row["target"] == "<= 1.05" and row["met"] == (row["value"] <= 1.05)
+        assert row["value"] == pytest.approx(row["details"]["normzoo_step_ms"] / row["details"]["keras_step_ms"])
+    masked = [row for row in rows.values() if row["details"]["case"] == "masked_sequence"]
+    assert all(math.isfinite(row["details"]["without_batch_norm_step_ms"]) for row in masked)
+    assert "ms without the layer" in markdown
+
+
+def test_replica_statistics_figure_compares_the_same_steps_and_replicas_agree(record):
+    # P8: with the replicas' average every replica gives the same samples the
+    # same logits; with its own drifted copy of the statistics it does not.
+    record, _ = record
+    rows = [m for m in record["measurements"] if m["figure"] == "P8"]
+    assert len(rows) == 2
+    details = rows[0]["details"]
+    assert details["replica_logits_gap_with_average"] == 0.0
+    assert details["replica_logits_gap_without_average"] > 1e-3
+    inference = details["inference"]
+    assert rows[0]["value"] == pytest.approx(inference["with_ms"] / inference["without_ms"])
+
+
+def test_benchmark_layers_measures_the_batch_norm_figure_alone(tmp_path):
+    _run("benchmark_layers.py", tmp_path, "--layers_cases=conv_net_renorm")
+    record = json.loads((tmp_path / "benchmark_layers.json").read_text())
+    assert record["complete"] and record["config"]["figures"] == ["P2"]
+    assert [m["name"] for m in record["measurements"]] == [
+        f"{P2_MODELS['conv_net_renorm']} ({mode})" for mode in record["config"]["layers_modes"]
+    ]
+    assert "scripts/benchmark_layers.py" in (tmp_path / "BENCHMARK_LAYERS.md").read_text()

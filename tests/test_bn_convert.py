@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from normzoo import bn, checkpoints, layers
-from normzoo.models import leaf_layers
+from normzoo._keras_graph import leaf_layers
+
 
 @pytest.fixture(autouse=True)
 def _seeded():

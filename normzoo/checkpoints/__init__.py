@@ -1,7 +1,7 @@
 """Restoring pretrained ResNets with every variable, BatchNorm statistics included.
 
     report = normzoo.checkpoints.restore(model, "resnet50_weights_tf_dim_ordering_tf_kernels.h5")
-    model = normzoo.models.build("resnet50v2", weights="resnet_v2_50.ckpt")  # TF-slim
+    model = normzoo.build("resnet50v2", weights="resnet_v2_50.ckpt")  # TF-slim
 
 A restore is all or nothing: it reads and checks the whole checkpoint
 first, and either every variable of the model is restored (moving mean and
@@ -17,9 +17,9 @@ verifies: a damaged tensor is named and nothing is restored. The report
 says whether the checkpoint's bytes were verified, and against what
 (`normzoo.checkpoints.integrity`), or "not verified".
 
-Article 002 of the design notes is the failure this prevents: a pretrained
-network restored from its trainable variables only keeps initial BatchNorm
-statistics, still "loads" and still trains, and predicts badly.
+This prevents a known failure: a pretrained network restored from its
+trainable variables only keeps initial BatchNorm statistics, still "loads"
+and still trains, and predicts badly.
 """
 
 from normzoo.checkpoints.keras_files import save_weights

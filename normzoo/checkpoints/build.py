@@ -1,24 +1,24 @@
-"""`normzoo.models.build(name, weights=path)`: a zoo model in its checkpoint's
-architecture, with every variable restored."""
+"""`normzoo.build(name, weights=path)`: a zoo model, in its checkpoint's
+architecture and with every variable restored when `weights` is given.
 
-import inspect
+It composes the model registry (`normzoo.models`) and the restore
+(`normzoo.checkpoints.restore`), so it lives above both.
+"""
+
 import os
 import re
 
 from absl import logging
 
-from normzoo import models
+from normzoo import models, naming
+from normzoo.checkpoints import integrity
 from normzoo.checkpoints.restore import read, restore_source
-from normzoo.checkpoints.source import norm_of
-from normzoo.models import registry, resnet
+from normzoo.models import resnet
 
-_HEAD = "predictions"
-_STEM = "conv1_conv"
+_STEM = naming.conv(naming.STEM)
 
-# keras.applications' ImageNet weight files, as `keras.applications.ResNet50(weights="imagenet")`
-# downloads them (keras/src/applications/resnet.py): BASE + f"{name}{suffix}".
-_KERAS_APPLICATIONS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
-_KERAS_APPLICATIONS_SUFFIX = "_weights_tf_dim_ordering_tf_kernels.h5"
+# The zoo models that keras.applications publishes ImageNet weights for, and
+# its constructors.
 _KERAS_APPLICATIONS_MODELS = {
     "resnet50": "ResNet50",
     "resnet101": "ResNet101",
@@ -29,22 +29,23 @@ _KERAS_APPLICATIONS_MODELS = {
 }
 
 
-def build_with_weights(
-    name, weights, *, norm=None, num_classes=None, input_shape=None, **overrides
-):
-    """Builds model `name` as the checkpoint `weights` requires and restores it.
+def build(name, *, weights=None, norm=None, num_classes=None, input_shape=None, **overrides):
+    """Builds the zoo model `name`; with `weights`, as the checkpoint requires
+    and with every variable restored from it.
 
-    What the checkpoint shows is used for every argument not given: the
-    normalization (from its layer names), the number of classes (0 for a
-    file without a classifier, e.g. keras.applications' `_notop.h5`), the
-    stem width, and the layout of ImageNet ResNets. The layout is fixed by
-    TF-slim checkpoints ("slim") and recorded in `.keras` files (their
-    configuration's stem pool and strides); other Keras files and normzoo's training
-    checkpoints do not record it, and "keras" (keras.applications' layout) is
-    taken when the weights fit it, so a keras.applications file builds
-    keras.applications' model. A v1 ResNet without convolution biases is
-    either "torchvision" or "slim", which differ only in strides and epsilon:
-    pass `layout=` then.
+    Without `weights` this is `normzoo.models.build(name, ...)`: a freshly
+    initialized model. With `weights`, what the checkpoint shows is used
+    for every argument not given: the normalization (from its layer names),
+    the number of classes (0 for a file without a classifier, e.g.
+    keras.applications' `_notop.h5`), the stem width, and the layout of
+    ImageNet ResNets. The layout is fixed by TF-slim checkpoints ("slim")
+    and recorded in `.keras` files (their configuration's stem pool and
+    strides); other Keras files and normzoo's training checkpoints do not
+    record it, and "keras" (keras.applications' layout) is taken when the
+    weights fit it, so a keras.applications file builds keras.applications'
+    model. A v1 ResNet without convolution biases is either "torchvision"
+    or "slim", which differ only in strides and epsilon: pass `layout=`
+    then.
 
     An argument given that contradicts the checkpoint raises ValueError,
     except `num_classes`: a different number of classes builds a new,
@@ -56,26 +57,53 @@ def build_with_weights(
     kernel): without `input_shape` the family's default height and width
     are taken with them, e.g. (32, 32, 1) for a checkpoint of grey images.
 
+    Args:
+        name: One of `normzoo.models.names()`, or any "wrn_<n>_<k>".
+        weights: None, or the path of a checkpoint to restore every
+            variable from, in any format of `normzoo.checkpoints.restore`.
+            normzoo never downloads weights.
+        norm: As `normzoo.models.build`; with `weights`, None for the
+            checkpoint's.
+        num_classes: As `normzoo.models.build`; with `weights`, None for
+            the checkpoint's.
+        input_shape: As `normzoo.models.build`; with `weights`, its
+            channels must be the checkpoint's.
+        **overrides: As `normzoo.models.build`; with `weights`, `width` and
+            `layout` are the checkpoint's unless given.
+
     Returns:
-        The model; `model.restore_report` is the `RestoreReport`.
+        The model. With `weights`, `model.restore_report` is the
+        `normzoo.checkpoints.RestoreReport`.
 
     Raises:
-        RestoreError: as `normzoo.checkpoints.restore` (strict).
-        ValueError: an argument contradicts the checkpoint (`input_shape`
-            with other channels included), the layout cannot be told from
-            it, or `weights` is a name such as "imagenet" rather than a
-            path: normzoo never downloads weights.
-        TypeError: `weights` is not a path.
+        ValueError, TypeError: as `normzoo.models.build`, for an invalid
+            argument. With `weights`, also ValueError if an argument
+            contradicts the checkpoint (`input_shape` with other channels
+            included), the layout cannot be told from it, or `weights` is a
+            name such as "imagenet" rather than a path (the message says
+            where such files come from); TypeError if `weights` is not a
+            path.
+        normzoo.checkpoints.RestoreError: as `normzoo.checkpoints.restore`
+            (strict): `weights` cannot be restored into the model; nothing
+            is returned.
     """
+    if weights is None:
+        return models.build(
+            name, norm=norm, num_classes=num_classes, input_shape=input_shape, **overrides
+        )
+    # Before the checkpoint is read: an invalid argument is named as such,
+    # not as a contradiction of the checkpoint.
+    input_shape = models.check_arguments(
+        name, norm=norm, num_classes=num_classes, input_shape=input_shape
+    )
     _check_weights(name, weights)
     source = read(weights)
-    builder = registry._builder(name)
-    input_shape = _input_shape(builder, source, input_shape)
-    accepted = set(inspect.signature(builder.func).parameters)
+    defaults = models.arguments(name)
+    input_shape = _input_shape(defaults, source, input_shape)
     given = {"norm": norm, "num_classes": num_classes, **overrides}
 
     arguments = dict(overrides)
-    for key, hinted in _hints(name, source, accepted, given).items():
+    for key, hinted in _hints(name, source, defaults, given).items():
         if given.get(key) is None:
             arguments[key] = hinted
         elif given[key] != hinted:
@@ -92,8 +120,8 @@ def build_with_weights(
     report = restore_source(
         model,
         source,
-        skip=(_HEAD,) if new_head and arguments["num_classes"] else (),
-        unused=(_HEAD,) if new_head and not arguments["num_classes"] else (),
+        skip=(naming.CLASSIFIER,) if new_head and arguments["num_classes"] else (),
+        unused=(naming.CLASSIFIER,) if new_head and not arguments["num_classes"] else (),
     )
     logging.info("normzoo: built %s from %s\n%s", name, weights, report)
     model.restore_report = report
@@ -113,13 +141,14 @@ def _check_weights(name, weights):
     if not re.fullmatch(r"\w+", weights) or os.path.exists(weights) or os.path.exists(f"{weights}.index"):
         return
     if name in _KERAS_APPLICATIONS_MODELS:
-        file_name = f"{name}{_KERAS_APPLICATIONS_SUFFIX}"
+        file_name = integrity.keras_applications_file(name)
+        _, url = integrity.DISTRIBUTED_FILES[file_name]
         where = (
             f"keras.applications' ImageNet weights for {name} are "
-            f"{_KERAS_APPLICATIONS_BASE}{file_name} ({file_name[:-3]}_notop.h5 without the "
+            f"{url} ({integrity.keras_applications_file(name, top=False)} without the "
             f"classifier; keras.applications.{_KERAS_APPLICATIONS_MODELS[name]}(weights='imagenet') "
             f"on a machine with internet access saves it in ~/.keras/models/). Download it, "
-            f"then pass its path: normzoo.models.build({name!r}, weights='/path/to/{file_name}')."
+            f"then pass its path: normzoo.build({name!r}, weights='/path/to/{file_name}')."
         )
     else:
         where = (
@@ -127,7 +156,7 @@ def _check_weights(name, weights):
             f"{', '.join(_KERAS_APPLICATIONS_MODELS)} only (not {name}); normzoo's own "
             f"checkpoints are in the repository's checkpoints/ (see its manifest.json), and "
             f"scripts/train.py makes more. Pass the path of such a file: "
-            f"normzoo.models.build({name!r}, weights='/path/to/model.weights.h5')."
+            f"normzoo.build({name!r}, weights='/path/to/model.weights.h5')."
         )
     raise ValueError(
         f"weights={weights!r} names no file: normzoo never downloads weights. `weights` is "
@@ -137,15 +166,16 @@ def _check_weights(name, weights):
     )
 
 
-def _input_shape(builder, source, input_shape):
+def _input_shape(defaults, source, input_shape):
     """`input_shape`, checked against the checkpoint's input channels, or
-    the family's default height and width with those channels."""
+    the family's default height and width (in `defaults`, the
+    `normzoo.models.arguments`) with those channels."""
     stem = source.weight(_STEM, "kernel")
     if stem is None:
         return input_shape
     channels = int(stem.value.shape[-2])
     if input_shape is None:
-        default = inspect.signature(builder.func).parameters["input_shape"].default
+        default = defaults["input_shape"]
         return None if default[-1] == channels else (*default[:-1], channels)
     if input_shape[-1] != channels:
         raise ValueError(
@@ -159,7 +189,7 @@ def _input_shape(builder, source, input_shape):
 
 
 def _source_classes(source):
-    head = source.weight(_HEAD, "kernel")
+    head = source.weight(naming.CLASSIFIER, "kernel")
     if head is not None:
         return int(head.value.shape[-1])
     if source.weight(_STEM, "kernel") is not None:
@@ -167,16 +197,16 @@ def _source_classes(source):
     return None
 
 
-def _hints(name, source, accepted, given):
+def _hints(name, source, defaults, given):
     hints = {}
     layer_names = list(source.layers)
-    norm = norm_of(layer_names)
+    norm = naming.norm_of(layer_names)
     if norm is not None:
         hints["norm"] = norm
     stem = source.weight(_STEM, "kernel")
-    if "width" in accepted and stem is not None:
+    if "width" in defaults and stem is not None:
         hints["width"] = int(stem.value.shape[-1])
-    if "layout" in accepted:
+    if "layout" in defaults:
         layout = source.layout or source.config_layout or _fitting_layout(name, source, norm)
         if layout is not None:
             hints["layout"] = layout
@@ -196,6 +226,7 @@ def _fitting_layout(name, source, norm):
     no bias)."""
     if norm != "batch" or resnet.VARIANTS[name].preactivation:
         return "keras"
-    weights = source.layers.get("conv2_block1_1_conv", {})
+    first_conv = naming.conv(naming.branch(naming.block(2, 1), 1))  # conv2_block1_1_conv
+    weights = source.layers.get(first_conv, {})
     has_bias = "bias" in weights or len(weights) == 2
     return "keras" if has_bias else None

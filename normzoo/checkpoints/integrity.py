@@ -29,9 +29,7 @@ import os
 
 import numpy as np
 
-# Keras keeps the hashes of its ResNet files nowhere public: this is the
-# table keras.applications' ResNet, ResNetV2 and ResNeXt builders check
-# their downloads against, and the address they download from.
+# Read by `_distributed_files` only: see there.
 from keras.src.applications.resnet import BASE_WEIGHTS_PATH, WEIGHTS_HASHES
 
 from normzoo.checkpoints.report import RestoreError
@@ -58,13 +56,25 @@ def file_digest(path, algorithm="sha256"):
     return digest.hexdigest()
 
 
+def keras_applications_file(weights_name, *, top=True):
+    """The name under which keras.applications distributes the ImageNet
+    weights `weights_name` (e.g. "resnet50", "resnet50v2"), with the
+    classifier (`top`) or without."""
+    return f"{weights_name}_weights_tf_dim_ordering_tf_kernels{'' if top else '_notop'}.h5"
+
+
 def _distributed_files():
-    """{file name: (md5, URL)} of the keras.applications ResNet weight files,
-    named as keras.applications' ResNet builder names them."""
+    """{file name: (md5, URL)} of the keras.applications ResNet weight files.
+
+    Keras keeps their hashes nowhere public: this is the table that
+    keras.applications' ResNet, ResNetV2 and ResNeXt builders check their
+    downloads against, and the address they download from (Keras 3.15.1:
+    `keras.src.applications.resnet.WEIGHTS_HASHES` and `BASE_WEIGHTS_PATH`).
+    """
     files = {}
     for weights_name, (top_md5, notop_md5) in WEIGHTS_HASHES.items():
-        for suffix, md5 in (("", top_md5), ("_notop", notop_md5)):
-            name = f"{weights_name}_weights_tf_dim_ordering_tf_kernels{suffix}.h5"
+        for top, md5 in ((True, top_md5), (False, notop_md5)):
+            name = keras_applications_file(weights_name, top=top)
             files[name] = (md5, f"{BASE_WEIGHTS_PATH}{name}")
     return files
 

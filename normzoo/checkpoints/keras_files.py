@@ -32,10 +32,12 @@ import h5py
 import ml_dtypes
 import numpy as np
 
+from normzoo import naming
+from normzoo._keras_graph import leaf_layers
 from normzoo.checkpoints import integrity
 from normzoo.checkpoints.report import RestoreError, listing
 from normzoo.checkpoints.source import Source, Tensor
-from normzoo.models import leaf_layers, resnet
+from normzoo.models import resnet
 
 # Layer names of the ResNet50 of Keras <= 2.2.4 (converted from Caffe),
 # whose weights are not those of keras.applications' ResNet50 today.
@@ -369,26 +371,26 @@ def _layout_of_config(config):
                 visit(value)
 
     visit(config)
-    if "pool1_pool" not in layers or "conv3_block1_1_conv" not in layers:
+    if "pool1_pool" not in layers or _first_unit_conv(3, 1) not in layers:
         return None
     observed = {
         "stem_pool_padding": "same" if layers["pool1_pool"]["padding"] == "same" else "zeros"
     }
-    norms = [c for name, c in layers.items() if name.endswith(("_bn", "_ln")) and "epsilon" in c]
+    norms = [c for name, c in layers.items() if naming.is_norm(name) and "epsilon" in c]
     if norms:
         observed["epsilon"] = norms[0]["epsilon"]
         if "momentum" in norms[0]:
             observed["momentum"] = norms[0]["momentum"]
         # The first unit's first convolution is followed by a norm in v1 and v2.
-        observed["biased_normalized_convs"] = layers["conv2_block1_1_conv"]["use_bias"]
+        observed["biased_normalized_convs"] = layers[_first_unit_conv(2, 1)]["use_bias"]
     first_strides = [
-        tuple(layers.get(f"conv3_block1_{j}_conv", {}).get("strides", (1, 1))) for j in (1, 2)
+        tuple(layers.get(_first_unit_conv(3, j), {}).get("strides", (1, 1))) for j in (1, 2)
     ]
     downsamples_first = (2, 2) in first_strides
     observed["downsample_unit"] = "first" if downsamples_first else "last"
-    if downsamples_first and "conv3_block1_3_conv" in layers:  # a bottleneck
+    if downsamples_first and _first_unit_conv(3, 3) in layers:  # a bottleneck
         observed["stride_in_first_conv"] = first_strides[0] == (2, 2)
-    preactivation = any(name.endswith("_preact_relu") for name in layers)
+    preactivation = naming.is_preactivation(layers)
 
     candidates = [
         layout
@@ -398,6 +400,11 @@ def _layout_of_config(config):
     if "keras" in candidates:
         return "keras"
     return candidates[0] if candidates else None
+
+
+def _first_unit_conv(stage, j):
+    """The j-th convolution of the residual branch of stage `stage`'s first unit."""
+    return naming.conv(naming.branch(naming.block(stage, 1), j))
 
 
 def _consistent(style, observed):

@@ -84,7 +84,7 @@ class RestoreReport:
     def unrestored_statistics(self):
         """BatchNorm moving statistics that were not restored, for whatever
         reason (missing, skipped, mismatched, non-finite): the variables whose
-        loss article 002 is about."""
+        loss leaves a restored network predicting badly in inference mode."""
         names = [
             *self.missing,
             *self.skipped,

@@ -9,10 +9,11 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
+from normzoo import naming
+from normzoo._keras_graph import leaf_layers
 from normzoo.checkpoints import integrity, keras_files, tf_checkpoints
 from normzoo.checkpoints.report import RestoreError, RestoreReport, ShapeMismatch
-from normzoo.checkpoints.source import FORMATS, architecture
-from normzoo.models import leaf_layers
+from normzoo.checkpoints.source import FORMATS
 
 _TF_DATA_FILE = re.compile(r"\.data-\d+-of-\d+$")
 # The first bytes of a zip archive (a .keras file), which keeps its directory at the end.
@@ -58,7 +59,7 @@ def restore(model, path, *, strict=True, skip=()):
     or Inf: the report then says "not verified" (`RestoreReport.verified`).
 
     A checkpoint fits a model only if it was saved from the same
-    architecture; `normzoo.models.build(name, weights=path)` builds the model
+    architecture; `normzoo.build(name, weights=path)` builds the model
     in the checkpoint's layout and size.
 
     Args:
@@ -279,8 +280,8 @@ def _failure_message(model, source, report):
     ]
     lines.extend(f"  {problem}" for problem in report.problems())
     model_names = [layer.name for layer in leaf_layers(model) if layer.weights]
-    source_architecture = architecture(list(source.layers))
-    model_architecture = architecture(model_names)
+    source_architecture = naming.architecture(list(source.layers))
+    model_architecture = naming.architecture(model_names)
     if source_architecture and model_architecture and source_architecture != model_architecture:
         lines.append(
             f"  The checkpoint holds another architecture: {source_architecture}; the "
@@ -288,9 +289,6 @@ def _failure_message(model, source, report):
         )
     lines.append("Fix: " + _fix(source, report))
     return "\n".join(lines)
-
-
-_HEAD = "predictions"
 
 
 def _fix(source, report):
@@ -305,23 +303,24 @@ def _fix(source, report):
         return (
             f"the checkpoint's first convolution takes {source_channels} input channel(s), the "
             f"model's {model_channels}: build the model with input_shape=(height, width, "
-            f"{source_channels}) (normzoo.models.build(name, weights=path) does when "
+            f"{source_channels}) (normzoo.build(name, weights=path) does when "
             f"input_shape is not given)."
         )
     differing = [*report.missing, *(mismatch.variable for mismatch in report.shape_mismatched)]
-    source_head = {tensor.source_name for tensor in source.layers.get(_HEAD, {}).values()}
+    head = naming.CLASSIFIER
+    source_head = {tensor.source_name for tensor in source.layers.get(head, {}).values()}
     if (
-        all(name.startswith(f"{_HEAD}/") for name in differing)
+        all(name.startswith(f"{head}/") for name in differing)
         and set(report.unexpected) <= source_head
     ):
         return (
-            f"only the classifier differs: pass skip=['{_HEAD}'] to keep the model's own "
+            f"only the classifier differs: pass skip=['{head}'] to keep the model's own "
             f"classifier (a new head for fine-tuning), or build the model with the "
             f"checkpoint's number of classes (num_classes=0 for a file without a top)."
         )
     return (
         "build the model the checkpoint was saved from, under the same model name: "
-        "normzoo.models.build(name, weights=path) takes the checkpoint's layout, "
+        "normzoo.build(name, weights=path) takes the checkpoint's layout, "
         "normalization, number of classes, width and input channels, but not its depth. "
         "To restore only what matches, pass strict=False "
         "(the report names what was not restored); to leave layers out on purpose, "
@@ -337,7 +336,7 @@ def _input_channels_mismatch(report):
     (mismatch,) = report.shape_mismatched
     model_shape, source_shape = tuple(mismatch.model_shape), tuple(mismatch.source_shape)
     if (
-        mismatch.variable != "conv1_conv/kernel"
+        mismatch.variable != f"{naming.conv(naming.STEM)}/kernel"
         or len(model_shape) != 4
         or len(source_shape) != 4
         or model_shape[:2] + model_shape[3:] != source_shape[:2] + source_shape[3:]

@@ -4,7 +4,7 @@ in normzoo's names. Models built with layout="slim" compute what these
 networks compute.
 
 TF-slim variable (under the network's scope, e.g. `resnet_v2_50/`) ->
-normzoo variable:
+normzoo variable (`normzoo.naming`):
 
 | TF-slim | normzoo |
 |---|---|
@@ -29,6 +29,7 @@ import re
 
 import numpy as np
 
+from normzoo import naming
 from normzoo.checkpoints.report import RestoreError
 from normzoo.checkpoints.source import Source, Tensor
 
@@ -62,7 +63,7 @@ def read(reader, prefix):
             continue
         layer, weight = target
         value = reader.get_tensor(name)
-        if (layer, weight) == ("predictions", "kernel") and value.ndim == 4:
+        if (layer, weight) == (naming.CLASSIFIER, "kernel") and value.ndim == 4:
             value = value.reshape(value.shape[-2:])  # 1x1 conv -> Dense
         layers.setdefault(layer, {})[weight] = Tensor(name, np.asarray(value))
 
@@ -109,30 +110,30 @@ def _normzoo_name(name):
     network's scope, or None."""
     parts = name.split("/")
     if parts[0] == "conv1":
-        return _conv_or_norm("conv1", parts[1:])
+        return _conv_or_norm(naming.STEM, parts[1:])
     if parts[0] == "postnorm" and len(parts) == 2 and parts[1] in _NORM_WEIGHTS:
-        return "post_bn", parts[1]
+        return naming.norm(naming.POST, "batch"), parts[1]
     if parts[0] == "logits" and len(parts) == 2 and parts[1] in _WEIGHTS:
-        return "predictions", _WEIGHTS[parts[1]]
+        return naming.CLASSIFIER, _WEIGHTS[parts[1]]
     match = _UNIT.fullmatch(name)
     if not match:
         return None
     block, unit, _, rest = match.groups()
-    prefix = f"conv{int(block) + 1}_block{int(unit)}"
+    block_name = naming.block(int(block) + 1, int(unit))
     layer, *weight = rest.split("/")
     if layer == "preact" and len(weight) == 1 and weight[0] in _NORM_WEIGHTS:
-        return f"{prefix}_preact_bn", weight[0]
+        return naming.norm(naming.preact(block_name), "batch"), weight[0]
     if layer == "shortcut":
-        return _conv_or_norm(f"{prefix}_0", weight)
+        return _conv_or_norm(naming.branch(block_name, 0), weight)
     conv = re.fullmatch(r"conv(\d+)", layer)
     if conv:
-        return _conv_or_norm(f"{prefix}_{conv[1]}", weight)
+        return _conv_or_norm(naming.branch(block_name, conv[1]), weight)
     return None
 
 
 def _conv_or_norm(prefix, weight):
     if len(weight) == 1 and weight[0] in _WEIGHTS:
-        return f"{prefix}_conv", _WEIGHTS[weight[0]]
+        return naming.conv(prefix), _WEIGHTS[weight[0]]
     if len(weight) == 2 and weight[0] == "BatchNorm" and weight[1] in _NORM_WEIGHTS:
-        return f"{prefix}_bn", weight[1]
+        return naming.norm(prefix, "batch"), weight[1]
     return None

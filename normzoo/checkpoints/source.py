@@ -1,14 +1,13 @@
 """A checkpoint read into memory, in normzoo's names, whatever its format.
 
 Every reader turns its format into a `Source`: tensors grouped by the
-normzoo (= keras.applications) layer they belong to, converted to Keras
+normzoo (= keras.applications) layer they belong to (`normzoo.naming`), converted to Keras
 shapes, each remembering its name in the file for messages. Matching a
 `Source` against a model (`normzoo.checkpoints.restore`) is then one piece
 of code for every format.
 """
 
 import dataclasses
-import re
 
 import numpy as np
 
@@ -87,52 +86,3 @@ class Source:
 # non-trainable ones), to read a positional file's kernels (shapes of the
 # stem and the classifier) before a model exists.
 _POSITIONS = {"kernel": 0}
-
-
-_BLOCK = re.compile(r"conv(\d+)_block(\d+)_")
-
-
-def architecture(layer_names):
-    """A description of a residual network from its layer names, e.g.
-    "stages conv2-conv5 of 3, 4, 6, 3 blocks, bottleneck, pre-activation",
-    or None if the names follow no `normzoo.models.blocks` scheme."""
-    blocks = {}
-    for name in layer_names:
-        match = _BLOCK.match(name)
-        if match:
-            stage, unit = int(match[1]), int(match[2])
-            blocks[stage] = max(blocks.get(stage, 0), unit)
-    if not blocks:
-        return None
-    stages = sorted(blocks)
-    kinds = []
-    names = set(layer_names)
-    if any(name.endswith("_3_conv") for name in names):
-        kinds.append("bottleneck")
-    if any("_preact_" in name for name in names):
-        kinds.append("pre-activation")
-    kinds.append(f"norm {norm_of(names)!r}")
-    return (
-        f"stages conv{stages[0]}-conv{stages[-1]} of "
-        f"{', '.join(str(blocks[s]) for s in stages)} blocks, {', '.join(kinds)}"
-    )
-
-
-def norm_of(layer_names):
-    """The `normzoo.models.blocks.NORMS` entry whose layers `layer_names`
-    contain, or None if the names show none (norm "none", or not a zoo
-    model)."""
-    norm = _norm_of(set(layer_names))
-    if norm is None and any(_BLOCK.match(name) for name in layer_names):
-        return "none"
-    return norm
-
-
-def _norm_of(names):
-    if any(name.endswith("_bn") for name in names):
-        return "batch"
-    if any(name.endswith("_ln") for name in names):
-        return "layer"
-    if any(name.endswith("_skipinit") for name in names):
-        return "skipinit"
-    return None

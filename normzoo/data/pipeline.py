@@ -201,8 +201,8 @@ def load(
       possibly partial. Iterating twice gives identical batches. With
       `single_class_batches=True` every batch holds examples of one class
       only (a class's examples in split order, its last batch possibly
-      partial): the batches of near-identical images of article 002, on
-      which a model whose predictions depend on the batch fails.
+      partial): batches of near-identical images, on which a model whose
+      predictions depend on the batch fails.
     - Batches are prefetched (`tf.data.AUTOTUNE`).
 
     Args:

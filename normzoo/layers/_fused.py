@@ -15,6 +15,7 @@ elementwise ops and reductions. Two adjustments keep normzoo's guarantees:
 """
 
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
 
 from normzoo.layers._statistics import shifted_moments
 
@@ -58,16 +59,24 @@ def in_xla_context():
     formula composed from elementwise ops and reductions, which XLA fuses
     itself; and on an empty batch (an empty replica's shard) the expansion's
     gradient of gamma is 0 * NaN."""
-    # No public equivalent of either test.
-    from tensorflow.python.ops import control_flow_util
-
     if tf.executing_eagerly():
         return False
     graph = tf.compat.v1.get_default_graph()
-    if control_flow_util.GraphOrParentsInXlaContext(graph):
-        return True
-    # jit_scope marks the ops it creates with this attribute (a callable
-    # decides op by op: then nothing is known here).
+    return _compiled_whole(graph) or _in_compiling_jit_scope(graph)
+
+
+def _compiled_whole(graph):
+    """Whether `graph`, or a graph it is nested in, is compiled by XLA as a
+    whole. No public equivalent (TF 2.21:
+    `tensorflow.python.ops.control_flow_util.GraphOrParentsInXlaContext`)."""
+    return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
+
+
+def _in_compiling_jit_scope(graph):
+    """Whether the ops created now in `graph` are in a `jit_scope` that
+    compiles them: the scope marks them with the attribute "_XlaCompile" (a
+    callable decides op by op: then nothing is known here). No public
+    accessor (TF 2.21: `tf.Graph._attr_scope_map`)."""
     compile_ops = graph._attr_scope_map.get("_XlaCompile")
     return getattr(compile_ops, "b", False) is True
 

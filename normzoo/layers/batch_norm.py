@@ -41,7 +41,8 @@ class BatchNorm(AffineNormalization):
         moving_variance <- momentum * moving_variance + (1 - momentum) * variance
 
     In inference the moving statistics are used, so a sample's output does not
-    depend on the rest of its batch.
+    depend on the rest of its batch (nor, under a distribution strategy, on
+    its replica: see below).
 
     Masking (as Keras): in training, a `mask` selects the values that enter
     the batch statistics; every value, masked or not, is normalized with
@@ -108,6 +109,26 @@ class BatchNorm(AffineNormalization):
       and aggregated by mean on read: what is read in cross-replica code, and
       so what checkpoints and weight files hold, is the average over replicas
       (with `synchronized=False` Keras saves one replica's statistics only).
+    - One set of moving statistics for inference under any strategy: with
+      several replicas (MirroredStrategy, MultiWorkerMirroredStrategy, ...)
+      every replica normalizes with that same average wherever the moving
+      statistics are used (inference, `frozen_stats=True`, a layer that is
+      not trainable). So `predict`/`evaluate` under the strategy, after
+      `fit` or any training loop, equal a single-device model holding the
+      saved weights (to float32 rounding), and a sample's output does not
+      depend on the replica it lands on. Keras normalizes with each
+      replica's own copy, which drift apart in training. Per
+      unsynchronized layer and call, each replica reads every replica's
+      copy under MirroredStrategy, and elsewhere (other workers' copies, a
+      replica function compiled whole by XLA) takes one all-reduce of
+      `2 * channels` values; neither depends on the input, so they overlap
+      the layers before. Training with batch statistics communicates
+      nothing, as before. A synchronized layer updates every copy with the
+      global batch's statistics, so its copies are equal and it reads its
+      own. Without a strategy, or with one replica, nothing is added. Where
+      XLA compiles a replica's function whole on CPU devices (e.g.
+      `model.compile(jit_compile=True)` under MirroredStrategy on CPUs),
+      neither can run: such a call raises a RuntimeError naming the fix.
     - Under a float16/bfloat16 (mixed) precision policy the statistics, gamma
       and beta are float32 variables and the arithmetic is float32; the output
       is in the layer's compute dtype.
@@ -418,10 +439,22 @@ class BatchNorm(AffineNormalization):
         if training and self.trainable and not self.frozen_stats:
             outputs = self._train_forward(x, mask)
         else:
-            outputs = self._scale_and_offset(
-                x - self._reshape(self.moving_mean), self._reshape(self.moving_variance)
-            )
+            mean, variance = self._moving_statistics()
+            outputs = self._scale_and_offset(x - self._reshape(mean), self._reshape(variance))
         return ops.cast(outputs, self.compute_dtype)
+
+    def _moving_statistics(self):
+        """The moving mean and variance to normalize with: their average over
+        the replicas, as a cross-replica read and a checkpoint give it."""
+        # In a replica's code each replica reads its own copy. The copies of
+        # an unsynchronized layer drift apart in training (each follows its
+        # own shard), so there they are averaged; a synchronized layer
+        # updates every copy with the global batch's statistics, so its
+        # copies are equal and its own is the average.
+        context = None if self.synchronized else _distributed_moments.sync_replica_context()
+        if context is None:
+            return self.moving_mean, self.moving_variance
+        return _distributed_moments.replica_mean(context, [self.moving_mean, self.moving_variance])
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -3,12 +3,14 @@
     model = normzoo.models.build("wrn_28_10", norm="skipinit", num_classes=10)
     model = normzoo.models.build("resnet50", layout="slim")
 
-`build`, `names` and `check_name` are the entry points; `blocks` holds the
-residual blocks that every family shares, `diagnostics` the
-signal-propagation measurements.
+`build`, `names`, `check_name`, `check_arguments` and `arguments` are the
+entry points; `blocks` holds the residual blocks that every family shares,
+`diagnostics` the signal-propagation measurements. Models are freshly
+initialized: `normzoo.build(name, weights=path)` builds one from a
+checkpoint.
 """
 
 from normzoo.models import blocks, diagnostics
-from normzoo.models.registry import build, check_name, leaf_layers, names
+from normzoo.models.registry import arguments, build, check_arguments, check_name, names
 
-__all__ = ["blocks", "build", "check_name", "diagnostics", "leaf_layers", "names"]
+__all__ = ["arguments", "blocks", "build", "check_arguments", "check_name", "diagnostics", "names"]

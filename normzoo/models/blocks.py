@@ -5,7 +5,7 @@ a `classifier_head`. What differs between families and checkpoint sources
 (where the stride sits, which convolutions have biases, which unit of a stage
 downsamples, epsilon) is an argument here, never a second copy of a block.
 
-Normalizations (`NORMS`):
+Normalizations (`normzoo.naming.NORMS`):
 
 - `"batch"`: `normzoo.layers.BatchNorm` wherever the architecture has a norm
   (after each convolution in v1 blocks, before them in pre-activation ones).
@@ -17,21 +17,8 @@ Normalizations (`NORMS`):
   addition (De & Smith, 2020).
 - `"none"`: as `"skipinit"` without the scalar.
 
-Layer names (relied on by checkpoint restore; every layer is named, so two
-builds of the same model have the same names). They extend the scheme of
-keras.applications' ResNets:
-
-- `input`; `conv1_conv`, `conv1_bn`: the stem; `post_bn`: the final norm of
-  a pre-activation network; `avg_pool`; `predictions`: the classifier.
-- Stages are `conv2`, `conv3`, ... and their units `block1`, `block2`, ...
-  `conv{stage}_block{unit}_{j}_conv` and `..._{j}_bn` are the j-th
-  convolution of a residual branch (j = 1, 2, ...) and the norm after it;
-  j = 0 is the shortcut (`_0_conv`, `_0_bn`, or weightless `_0_pool`,
-  `_0_zeropad`). `..._preact_bn` is a pre-activation block's first norm.
-- A norm layer ends in `_bn` for BatchNorm and `_ln` for LayerNorm; the
-  SkipInit scalar of a block is `conv{stage}_block{unit}_skipinit`.
-- `conv{stage}_block{unit}_add` adds the skip path (first input) and the
-  residual branch (second input); `normzoo.models.diagnostics` reads them.
+Layers are named as `normzoo.naming` describes (the names that checkpoint
+restore relies on).
 """
 
 import dataclasses
@@ -42,9 +29,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from normzoo import naming
 from normzoo.layers import BatchNorm, LayerNorm, SkipInit
-
-NORMS = ("batch", "layer", "skipinit", "none")
 
 # Which convolutions get a bias when the network normalizes (without
 # normalization every convolution gets one, as in the SkipInit paper):
@@ -135,7 +121,7 @@ class Normalization:
     """The normalization of a network: which one, and its hyperparameters.
 
     Attributes:
-        kind: One of `NORMS`.
+        kind: One of `normzoo.naming.NORMS`.
         epsilon: Epsilon of BatchNorm and LayerNorm.
         momentum: Momentum of BatchNorm's moving statistics.
         synchronized: BatchNorm's `synchronized` (only with kind "batch").
@@ -150,7 +136,7 @@ class Normalization:
     skipinit_alpha: float | None = None
 
     def __post_init__(self):
-        check_choice("norm", self.kind, NORMS)
+        check_choice("norm", self.kind, naming.NORMS)
         if self.skipinit_alpha is not None:
             check_number("skipinit_alpha", self.skipinit_alpha, "the initial SkipInit scalar")
             if self.kind != "skipinit":
@@ -173,25 +159,28 @@ class Normalization:
         return self.kind in ("batch", "layer")
 
     def normalize(self, x, name):
-        """Applies the norm layer `{name}_bn` / `{name}_ln`, or nothing."""
+        """Applies the norm layer `naming.norm(name, kind)`, or nothing."""
         if self.kind == "batch":
             return BatchNorm(
                 momentum=self.momentum,
                 epsilon=self.epsilon,
                 synchronized=self.synchronized,
-                name=f"{name}_bn",
+                name=naming.norm(name, "batch"),
             )(x)
         if self.kind == "layer":
             return LayerNorm(
-                axis=(1, 2, 3), param_axis=-1, epsilon=self.epsilon, name=f"{name}_ln"
+                axis=(1, 2, 3),
+                param_axis=-1,
+                epsilon=self.epsilon,
+                name=naming.norm(name, "layer"),
             )(x)
         return x
 
     def scale_branch(self, x, name):
-        """Ends a residual branch: the SkipInit scalar `{name}_skipinit`, or nothing."""
+        """Ends the residual branch of block `name`: its SkipInit scalar, or nothing."""
         if self.kind == "skipinit":
             alpha = 0.0 if self.skipinit_alpha is None else self.skipinit_alpha
-            return SkipInit(initial_alpha=alpha, name=f"{name}_skipinit")(x)
+            return SkipInit(initial_alpha=alpha, name=naming.skipinit(name))(x)
         return x
 
     def use_bias(self, conv_bias, followed_by_norm):
@@ -242,7 +231,7 @@ def relu(x, name):
 
 
 def conv2d(x, filters, kernel_size, *, strides=1, use_bias, name):
-    """The convolution `{name}_conv`, padded as every checkpoint source pads.
+    """The convolution `naming.conv(name)`, padded as every checkpoint source pads.
 
     With stride 1 the padding is "same". A strided convolution larger than
     1x1 is preceded by explicit zero padding of (k - 1) // 2 before and
@@ -263,7 +252,7 @@ def conv2d(x, filters, kernel_size, *, strides=1, use_bias, name):
         padding=padding,
         use_bias=use_bias,
         kernel_initializer=_KERNEL_INITIALIZER,
-        name=f"{name}_conv",
+        name=naming.conv(name),
     )(x)
 
 
@@ -321,8 +310,10 @@ def residual_block(
 
     branch = x
     if preactivation:
-        branch = relu(norm.normalize(x, f"{name}_preact"), name=f"{name}_preact_relu")
+        preact = naming.preact(name)
+        branch = relu(norm.normalize(x, preact), name=f"{preact}_relu")
 
+    shortcut_name = naming.branch(name, 0)
     if x.shape[-1] != out_channels and shortcut == "projection":
         skip = conv2d(
             branch,
@@ -330,37 +321,38 @@ def residual_block(
             1,
             strides=strides,
             use_bias=norm.use_bias(conv_bias, followed_by_norm=not preactivation),
-            name=f"{name}_0",
+            name=shortcut_name,
         )
         if not preactivation:
-            skip = norm.normalize(skip, f"{name}_0")
+            skip = norm.normalize(skip, shortcut_name)
     else:
         skip = x
         if strides > 1:
-            skip = keras.layers.MaxPooling2D(1, strides=strides, name=f"{name}_0_pool")(skip)
+            skip = keras.layers.MaxPooling2D(1, strides=strides, name=f"{shortcut_name}_pool")(skip)
         if x.shape[-1] != out_channels:
-            skip = ZeroPadChannels(out_channels, name=f"{name}_0_zeropad")(skip)
+            skip = ZeroPadChannels(out_channels, name=f"{shortcut_name}_zeropad")(skip)
 
     for j, (filters, kernel_size, conv_strides) in enumerate(convs, start=1):
         last = j == len(convs)
         if last and dropout_rate:
             branch = keras.layers.Dropout(dropout_rate, name=f"{name}_dropout")(branch)
         followed_by_norm = not (preactivation and last)
+        conv_name = naming.branch(name, j)
         branch = conv2d(
             branch,
             filters,
             kernel_size,
             strides=conv_strides,
             use_bias=norm.use_bias(conv_bias, followed_by_norm),
-            name=f"{name}_{j}",
+            name=conv_name,
         )
         if followed_by_norm:
-            branch = norm.normalize(branch, f"{name}_{j}")
+            branch = norm.normalize(branch, conv_name)
         if not last:
-            branch = relu(branch, name=f"{name}_{j}_relu")
+            branch = relu(branch, name=f"{conv_name}_relu")
     branch = norm.scale_branch(branch, name)
 
-    y = keras.layers.Add(name=f"{name}_add")([skip, branch])
+    y = keras.layers.Add(name=naming.add(name))([skip, branch])
     if not preactivation:
         y = relu(y, name=f"{name}_out")
     return y
@@ -411,10 +403,10 @@ def classifier_head(x, *, preactivation, norm, num_classes, classifier_activatio
     `num_classes` is 0: the pooled features are the output); the arguments
     as `check_classifier` accepts them."""
     if preactivation:
-        x = relu(norm.normalize(x, "post"), name="post_relu")
+        x = relu(norm.normalize(x, naming.POST), name=f"{naming.POST}_relu")
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if num_classes:
         x = keras.layers.Dense(
-            int(num_classes), activation=classifier_activation, name="predictions"
+            int(num_classes), activation=classifier_activation, name=naming.CLASSIFIER
         )(x)
     return x

@@ -15,6 +15,7 @@ Reference:
 
 import keras
 
+from normzoo import naming
 from normzoo.models import blocks
 
 DEPTHS = (20, 32, 44, 56, 110, 1202)
@@ -39,7 +40,7 @@ def cifar_resnet(
     Args:
         depth: Number of layers, 6n + 2 for n >= 1 (20, 32, 44, 56, 110 and
             1202 are the paper's).
-        norm: One of `blocks.NORMS`.
+        norm: One of `normzoo.naming.NORMS`.
         num_classes: Size of the classifier; 0 for no classifier.
         input_shape: Channels-last input shape.
         width: Channels of the stem and the first stage (16 in the paper);
@@ -67,9 +68,9 @@ def cifar_resnet(
 
     inputs = blocks.model_input(input_shape)
     x = blocks.conv2d(
-        inputs, width, 3, use_bias=normalization.use_bias("unnormalized", True), name="conv1"
+        inputs, width, 3, use_bias=normalization.use_bias("unnormalized", True), name=naming.STEM
     )
-    x = blocks.relu(normalization.normalize(x, "conv1"), name="conv1_relu")
+    x = blocks.relu(normalization.normalize(x, naming.STEM), name=f"{naming.STEM}_relu")
     strides = blocks.unit_strides([units_per_stage] * 3, _STAGE_STRIDES, "first")
     for stage, stage_strides in enumerate(strides):
         filters = width * 2**stage
@@ -81,7 +82,7 @@ def cifar_resnet(
                 norm=normalization,
                 conv_bias="unnormalized",
                 shortcut="zero_pad",
-                name=f"conv{stage + 2}_block{unit}",
+                name=naming.block(stage + 2, unit),
             )
     outputs = blocks.classifier_head(
         x,

@@ -18,7 +18,7 @@ import dataclasses
 import keras
 import numpy as np
 
-_ADD_SUFFIX = "_add"
+from normzoo import naming
 
 
 def residual_signals(model):
@@ -26,7 +26,7 @@ def residual_signals(model):
     the two tensors its addition adds.
 
     Residual blocks are found as the `keras.layers.Add` layers named
-    "<block>_add" with two inputs, skip path first, as
+    "<block>_add" (`normzoo.naming.add`) with two inputs, skip path first, as
     `normzoo.models.blocks.residual_block` builds them. The new model shares
     `model`'s layers and weights.
 
@@ -36,14 +36,15 @@ def residual_signals(model):
     """
     block_names, outputs = [], []
     for layer in model.layers:
-        if isinstance(layer, keras.layers.Add) and layer.name.endswith(_ADD_SUFFIX):
+        block = naming.block_of_add(layer.name)
+        if isinstance(layer, keras.layers.Add) and block is not None:
             skip, branch = layer.input
-            block_names.append(layer.name[: -len(_ADD_SUFFIX)])
+            block_names.append(block)
             outputs += [skip, branch]
     if not block_names:
         raise ValueError(
             f"Model {model.name!r} has no residual block: no Add layer named "
-            f"'<block>{_ADD_SUFFIX}'."
+            f"{naming.add('<block>')!r}."
         )
     return keras.Model(model.input, outputs, name=f"{model.name}_signals"), block_names
 

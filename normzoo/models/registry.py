@@ -1,11 +1,15 @@
-"""`build(name, ...)`, `names()` and `check_name(name)`: the zoo by name."""
+"""`build(name, ...)`, `names()`, `check_name(name)`, `check_arguments(name,
+...)` and `arguments(name)`: the zoo by name.
+
+A model built from a checkpoint is `normzoo.build(name, weights=path)`
+(`normzoo.checkpoints.build`), which builds on these.
+"""
 
 import functools
 import inspect
 import re
 
-import keras
-
+from normzoo import naming
 from normzoo.models import blocks, cifar_resnet, resnet, wide_resnet
 
 _BUILDERS = {
@@ -20,9 +24,8 @@ _WIDE_RESNET = re.compile(r"wrn_(\d+)_(\d+)")
 # Listed by names(); build() accepts any valid wrn_<n>_<k>.
 _LISTED_WIDE_RESNETS = ("wrn_16_4", "wrn_16_8", "wrn_28_10", "wrn_40_4")
 
-# Arguments of every builder that build() sets itself ("name" is build's
-# model name, so the builders' model-name argument is out of reach).
-_BUILD_ARGUMENTS = ("norm", "num_classes", "input_shape", "name")
+# Arguments of every builder that build() takes itself, rather than as overrides.
+_BUILD_ARGUMENTS = ("norm", "num_classes", "input_shape")
 
 
 def names():
@@ -63,26 +66,54 @@ def check_name(name):
     _builder(name)
 
 
-def build(name, *, norm=None, num_classes=None, input_shape=None, weights=None, **overrides):
+def check_arguments(name, *, norm=None, num_classes=None, input_shape=None):
+    """Raises as `build` does for an invalid `name`, `norm`, `num_classes`
+    or `input_shape` (None: not given), building nothing; returns
+    `input_shape` as a tuple (or None).
+
+    `normzoo.build` calls it before it reads a checkpoint, so that an
+    invalid argument is named as such, not as a contradiction of the
+    checkpoint.
+    """
+    _builder(name)
+    if norm is not None:
+        blocks.check_choice("norm", norm, naming.NORMS)
+    if num_classes is not None:
+        blocks.check_classifier(num_classes, None)
+    if input_shape is not None:
+        input_shape = blocks.check_input_shape(input_shape)
+    return input_shape
+
+
+def arguments(name):
+    """The keyword arguments that `build(name, ...)` takes, each with the
+    family's default: `norm`, `num_classes` and `input_shape` (e.g.
+    (224, 224, 3) for an ImageNet ResNet), then the family's overrides
+    (e.g. `layout`, `width`). Raises as `check_name` does.
+    """
+    parameters = inspect.signature(_builder(name).func).parameters
+    # The builders' own `name` (the Keras model's) is out of reach: `name`
+    # is build's model name.
+    return {
+        key: parameter.default
+        for key, parameter in parameters.items()
+        if parameter.kind == parameter.KEYWORD_ONLY and key != "name"
+    }
+
+
+def build(name, *, norm=None, num_classes=None, input_shape=None, **overrides):
     """Builds a residual network of the zoo, with the normalization `norm`.
 
     Args:
         name: One of `names()`, or any "wrn_<n>_<k>".
         norm: "batch", "layer", "skipinit" or "none" (see
-            `normzoo.models.blocks`); None for "batch" (or, with `weights`,
-            the checkpoint's).
+            `normzoo.models.blocks`); None for "batch".
         num_classes: Size of the classifier; None for the family's default
             (1000 for ImageNet ResNets, 10 for CIFAR ResNets and
             Wide-ResNets); 0 for no classifier (the pooled features).
         input_shape: Channels-last input shape; None for the family's
             default ((224, 224, 3) for ImageNet ResNets, (32, 32, 3)
             otherwise).
-        weights: None, or a checkpoint to restore every variable from (any
-            format of `normzoo.checkpoints.restore`). The model is then
-            built as the checkpoint requires: its normalization, number of
-            classes, width and layout (e.g. "slim" for a TF-slim
-            checkpoint) unless given; see
-            `normzoo.checkpoints.build.build_with_weights`.
         **overrides: Keyword arguments of the family's builder:
             `resnet.resnet` (layout, width, ...), `cifar_resnet.cifar_resnet`
             (width, ...) or `wide_resnet.wide_resnet` (dropout_rate, ...); all
@@ -90,59 +121,35 @@ def build(name, *, norm=None, num_classes=None, input_shape=None, weights=None, 
 
     Returns:
         An uncompiled `keras.Model` mapping images to logits (or features),
-        whose layers are named as `normzoo.models.blocks` describes. With
-        `weights`, `model.restore_report` says what was restored.
+        freshly initialized, whose layers are named as `normzoo.naming`
+        describes. `normzoo.build(name, weights=path)` builds one from a
+        checkpoint instead.
 
     Raises:
         ValueError, TypeError: an unknown model name, norm, layout or
             override, or an argument of the wrong type or out of range; the
             message names the argument, the value and what is valid.
-            `weights` that names no file (e.g. "imagenet": normzoo never
-            downloads) is a ValueError saying where such files come from.
-        normzoo.checkpoints.RestoreError: `weights` cannot be restored into
-            the model (nothing is returned).
+            `weights` is a TypeError naming `normzoo.build`.
     """
-    builder = _builder(name)
-    # Checked here as well as in the builders: with `weights`, they are
-    # compared with the checkpoint before anything is built.
-    if norm is not None:
-        blocks.check_choice("norm", norm, blocks.NORMS)
-    if num_classes is not None:
-        blocks.check_classifier(num_classes, None)
-    if input_shape is not None:
-        input_shape = blocks.check_input_shape(input_shape)
-    if weights is not None:
-        # Imported here: normzoo.checkpoints builds on normzoo.models.
-        from normzoo.checkpoints.build import build_with_weights  # noqa: PLC0415
-
-        return build_with_weights(
-            name, weights, norm=norm, num_classes=num_classes, input_shape=input_shape, **overrides
+    if "weights" in overrides:
+        raise TypeError(
+            f"normzoo.models.build builds a freshly initialized model and takes no weights. "
+            f"To build {name!r} from a checkpoint, call normzoo.build({name!r}, weights=...), "
+            f"which takes every other argument of normzoo.models.build too."
         )
-    parameters = inspect.signature(builder.func).parameters
-    valid = [
-        key
-        for key, parameter in parameters.items()
-        if parameter.kind == parameter.KEYWORD_ONLY and key not in _BUILD_ARGUMENTS
-    ]
+    input_shape = check_arguments(
+        name, norm=norm, num_classes=num_classes, input_shape=input_shape
+    )
+    valid = [key for key in arguments(name) if key not in _BUILD_ARGUMENTS]
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise ValueError(
             f"Unknown argument(s) {', '.join(unknown)} for {name!r}; "
             f"valid overrides: {', '.join(valid)}."
         )
-    arguments = {"norm": "batch" if norm is None else norm, **overrides}
+    given = {"norm": "batch" if norm is None else norm, **overrides}
     if num_classes is not None:
-        arguments["num_classes"] = num_classes
+        given["num_classes"] = num_classes
     if input_shape is not None:
-        arguments["input_shape"] = input_shape
-    return builder(**arguments)
-
-
-def leaf_layers(model):
-    """Every layer of `model` that is not itself a model, nested models
-    (e.g. a backbone inside a classifier) included, in order."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from leaf_layers(layer)
-        else:
-            yield layer
+        given["input_shape"] = input_shape
+    return _builder(name)(**given)

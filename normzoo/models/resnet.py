@@ -34,6 +34,7 @@ import dataclasses
 
 import keras
 
+from normzoo import naming
 from normzoo.models import blocks
 
 
@@ -101,7 +102,7 @@ def resnet(
 
     Args:
         variant: A key of `VARIANTS`, e.g. "resnet50" or "resnet50v2".
-        norm: One of `blocks.NORMS`.
+        norm: One of `normzoo.naming.NORMS`.
         num_classes: Size of the classifier; 0 for no classifier (the output
             is then the globally average-pooled features).
         input_shape: Channels-last input shape; height and width may be None.
@@ -147,10 +148,10 @@ def resnet(
         7,
         strides=2,
         use_bias=normalization.use_bias(style.conv_bias, followed_by_norm=not spec.preactivation),
-        name="conv1",
+        name=naming.STEM,
     )
     if not spec.preactivation:
-        x = blocks.relu(normalization.normalize(x, "conv1"), name="conv1_relu")
+        x = blocks.relu(normalization.normalize(x, naming.STEM), name=f"{naming.STEM}_relu")
     if style.stem_pool_padding == "zeros":
         x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
         x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
@@ -173,7 +174,7 @@ def resnet(
                 preactivation=spec.preactivation,
                 norm=normalization,
                 conv_bias=style.conv_bias,
-                name=f"conv{stage + 2}_block{unit}",
+                name=naming.block(stage + 2, unit),
             )
 
     outputs = blocks.classifier_head(

@@ -16,6 +16,7 @@ Reference:
 
 import keras
 
+from normzoo import naming
 from normzoo.models import blocks
 
 _STAGE_STRIDES = (1, 2, 2)
@@ -52,7 +53,7 @@ def wide_resnet(
         depth: n = 6N + 4 with N >= 1 blocks per stage (10, 16, 22, 28, 40,
             ..., 1000).
         widen_factor: k >= 1.
-        norm: One of `blocks.NORMS`.
+        norm: One of `normzoo.naming.NORMS`.
         num_classes: Size of the classifier; 0 for no classifier.
         input_shape: Channels-last input shape.
         dropout_rate: Dropout between the two convolutions of each block
@@ -80,7 +81,9 @@ def wide_resnet(
     )
 
     inputs = blocks.model_input(input_shape)
-    x = blocks.conv2d(inputs, 16, 3, use_bias=normalization.use_bias("never", True), name="conv1")
+    x = blocks.conv2d(
+        inputs, 16, 3, use_bias=normalization.use_bias("never", True), name=naming.STEM
+    )
     strides = blocks.unit_strides([units_per_stage] * 3, _STAGE_STRIDES, "first")
     for stage, stage_strides in enumerate(strides):
         filters = 16 * widen_factor * 2**stage
@@ -92,7 +95,7 @@ def wide_resnet(
                 norm=normalization,
                 conv_bias="never",
                 dropout_rate=dropout_rate,
-                name=f"conv{stage + 2}_block{unit}",
+                name=naming.block(stage + 2, unit),
             )
     outputs = blocks.classifier_head(
         x,

@@ -1,6 +1,6 @@
 """Distribution strategies and the XLA form of a training step (TensorFlow-only).
 
-What works where was measured on TF 2.21 (see DESIGN.md):
+What works where was measured on TF 2.21:
 
 - one replica: the whole step (forward, backward, optimizer update) compiles
   as one XLA computation with `tf.function(jit_compile=True)`;
@@ -85,9 +85,17 @@ def worker_dir(model_dir, strategy):
     return os.path.join(model_dir, "workers", f"worker_{strategy.cluster_resolver.task_id}")
 
 
+def _is_default_strategy(strategy):
+    """Whether `strategy` is TensorFlow's default strategy (one device, no
+    `tf.distribute` scope), which supports no `extended.worker_devices`.
+    tf.distribute exports no name for its class (TF 2.21:
+    `distribute_lib._DefaultDistributionStrategy`)."""
+    return isinstance(strategy, distribute_lib._DefaultDistributionStrategy)
+
+
 def replica_devices(strategy):
     """The devices this process runs replicas on."""
-    if isinstance(strategy, distribute_lib._DefaultDistributionStrategy):
+    if _is_default_strategy(strategy):
         gpus = tf.config.list_logical_devices("GPU")
         return [(gpus or tf.config.list_logical_devices("CPU"))[0].name]
     return list(strategy.extended.worker_devices)
@@ -103,7 +111,7 @@ def choose_xla_form(strategy, jit_compile):
         return "tpu"
     if not jit_compile:
         return "none"
-    if isinstance(strategy, distribute_lib._DefaultDistributionStrategy):
+    if _is_default_strategy(strategy):
         return "whole_step"  # one device, no collectives
     if _device_types(strategy) == {"GPU"}:
         return "replica_step"

@@ -6,9 +6,9 @@ variable restored through `normzoo.checkpoints.restore`, BatchNorm moving
 statistics included, a new classifier when the number of classes differs)
 and `set_bn_mode` (what BatchNorm does while fine-tuning).
 
-`evaluate_batch_dependence` measures article 002's symptom: accuracy on
-mixed-class batches against accuracy on batches that each hold one class,
-in inference mode and with batch statistics.
+`evaluate_batch_dependence` measures the symptom of lost or stale BatchNorm
+statistics: accuracy on mixed-class batches against accuracy on batches
+that each hold one class, in inference mode and with batch statistics.
 """
 
 import dataclasses
@@ -16,8 +16,7 @@ import dataclasses
 import tensorflow as tf
 from absl import logging
 
-from normzoo import bn, checkpoints, data
-from normzoo.checkpoints.source import norm_of
+from normzoo import bn, checkpoints, data, naming
 from normzoo.training.steps import EvalStep, evaluate
 
 BN_MODES = {
@@ -37,11 +36,8 @@ RECALIBRATION_BATCHES = 16
 INIT_VARIABLES = {
     "all": "every variable of the checkpoint, BatchNorm moving statistics included",
     "trainable": "the trainable variables only, leaving the moving statistics at their "
-    "initial values (mean 0, variance 1): article 002's bug, for experiments only",
+    "initial values (mean 0, variance 1): a known bug, reproduced for experiments only",
 }
-
-# The classifier of every zoo model (normzoo.models.blocks.classifier_head).
-_HEAD = "predictions"
 
 
 class InitCheckpointError(ValueError):
@@ -100,7 +96,7 @@ def read_init_checkpoint(path, norm):
         source = checkpoints.read(path)
     except checkpoints.RestoreError as error:
         raise InitCheckpointError(f"init_checkpoint={path!r} cannot be read. {error}") from None
-    found = norm_of(list(source.layers))
+    found = naming.norm_of(list(source.layers))
     if found is not None and found != norm:
         raise InitCheckpointError(
             f"init_checkpoint={path!r} holds a model with norm={found!r}, and this run "
@@ -112,10 +108,10 @@ def read_init_checkpoint(path, norm):
 def _new_head_variables(model, source):
     """The classifier's variable paths if the checkpoint has another number
     of classes than the model (or no classifier), else ()."""
-    if _HEAD not in {layer.name for layer in model.layers}:
+    if naming.CLASSIFIER not in {layer.name for layer in model.layers}:
         return ()
-    head = model.get_layer(_HEAD)
-    tensor = source.weight(_HEAD, "kernel")
+    head = model.get_layer(naming.CLASSIFIER)
+    tensor = source.weight(naming.CLASSIFIER, "kernel")
     if tensor is not None and tensor.value.shape[-1] == head.kernel.shape[-1]:
         return ()
     return tuple(variable.path for variable in head.weights)
@@ -133,7 +129,7 @@ def initialize(model, path, source, *, init_variables="all"):
       classifier: a new head for a new task;
     - with `init_variables="trainable"`, every non-trainable variable (the
       BatchNorm moving statistics), which keep their initial values: the
-      restore of article 002's bug, which a warning announces.
+      trainable-only restore that loses them, which a warning announces.
 
     Everything else must be restored, or `RestoreError` is raised and the
     model is unchanged.
@@ -160,9 +156,9 @@ def initialize(model, path, source, *, init_variables="all"):
     if init_variables == "trainable" and report.unrestored_statistics:
         logging.warning(
             "init_variables='trainable': %d BatchNorm moving statistic(s) of %s were NOT "
-            "restored and keep their initial values (mean 0, variance 1). This is article "
-            "002's bug: the model predicts badly in inference mode until the statistics "
-            "are re-estimated. Use init_variables='all' except to study the bug.",
+            "restored and keep their initial values (mean 0, variance 1): the model "
+            "predicts badly in inference mode until the statistics are re-estimated. Use "
+            "init_variables='all' except to study this bug.",
             len(report.unrestored_statistics),
             path,
         )
@@ -203,11 +199,12 @@ def evaluate_batch_dependence(
     """Top-1 accuracy on the test split in mixed-class and in single-class
     batches, in inference mode and with batch statistics.
 
-    Article 002's symptom is a model that predicts well on batches of
-    varied images and badly on batches of similar ones. In inference mode
-    (`training=False`) a BatchNorm network normalizes with its moving
-    statistics, so every prediction is independent of the rest of its batch
-    and both accuracies are equal, whatever the statistics are worth. With
+    A model whose BatchNorm statistics were lost or are stale predicts well
+    on batches of varied images and badly on batches of similar ones. In
+    inference mode (`training=False`) a BatchNorm network normalizes with
+    its moving statistics, so every prediction is independent of the rest
+    of its batch and both accuracies are equal, whatever the statistics are
+    worth. With
     batch statistics (the model run with `training=True`, as a TF1 graph
     built with `is_training=True` runs at test time) each batch is
     normalized with its own statistics, and a batch of one class loses what

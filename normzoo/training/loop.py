@@ -59,7 +59,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from normzoo import benchmarking, bn, checkpoints, data, models
+from normzoo import bn, checkpoints, data, models, runtime
+from normzoo.naming import NORMS
 from normzoo.training import distribute, finetune
 from normzoo.training.steps import EvalStep, TrainStep, evaluate
 from normzoo.training.stopwatch import CHECKPOINT, EVAL, FIRST_STEP, INPUT_WAIT, STEP, Stopwatch
@@ -67,7 +68,6 @@ from normzoo.training.stopwatch import CHECKPOINT, EVAL, FIRST_STEP, INPUT_WAIT,
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 MIXED_PRECISION = (None, "float16", "bfloat16")
-NORMS = ("batch", "layer", "skipinit", "none")
 INPUT_SHARDING = ("pipeline", "global_batch")
 BN_MODES = tuple(finetune.BN_MODES)
 INIT_VARIABLES = tuple(finetune.INIT_VARIABLES)
@@ -115,7 +115,7 @@ class TrainConfig:
     the checkpoint has another number of classes than `num_classes` (None:
     the dataset's), which is new. `init_variables="trainable"` restores the
     trainable variables only and leaves the BatchNorm moving statistics at
-    their initial values: article 002's bug, for experiments. `bn` is
+    their initial values (a known bug, reproduced for experiments). `bn` is
     "train" (batch statistics, moving statistics updated), "frozen_stats"
     (moving statistics used and never updated; gamma and beta trained) or
     "frozen" (gamma and beta fixed too) or "recalibrated" (the moving
@@ -254,7 +254,7 @@ def _environment(strategy, train_step, steps_per_epoch):
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "python": platform.python_version(),
-        "onednn": benchmarking.onednn_enabled(),
+        "onednn": runtime.onednn_enabled(),
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
     }
 

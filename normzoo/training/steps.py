@@ -17,6 +17,19 @@ def _sum_over_replicas(strategy, per_replica):
     )
 
 
+def _run_with_metadata(function, *args):
+    """`function(*args)`, and the `RunMetadata` of that call: the graphs it
+    ran, partitioned as they were executed. TensorFlow has no public API for
+    it (TF 2.21: the run-metadata methods of
+    `tensorflow.python.eager.context.context()`)."""
+    context = eager_context.context()
+    context.enable_run_metadata()
+    try:
+        return function(*args), context.export_run_metadata()
+    finally:
+        context.disable_run_metadata()
+
+
 class TrainStep:
     """One optimizer step on a distributed batch, in the XLA form that works
     under the strategy at hand (see `normzoo.training.distribute`).
@@ -107,13 +120,7 @@ class TrainStep:
             return self._function(images, labels)
         if self.form in ("none", "tpu"):
             return self._function(images, labels)
-        context = eager_context.context()
-        context.enable_run_metadata()
-        try:
-            result = self._function(images, labels)
-            metadata = context.export_run_metadata()
-        finally:
-            context.disable_run_metadata()
+        result, metadata = _run_with_metadata(self._function, images, labels)
         ops = Counter(
             node.op
             for graph in metadata.function_graphs

@@ -197,7 +197,7 @@ def test_another_architecture_is_described_in_the_error(saved):
     message = str(caught.value)
     assert "stages conv2-conv5 of 2, 2, 2, 2 blocks" in message
     assert "stages conv2-conv5 of 3, 4, 6, 3 blocks" in message
-    assert "normzoo.models.build(name, weights=path)" in message
+    assert "normzoo.build(name, weights=path)" in message
 
 
 def test_a_missing_file_is_named(tmp_path):

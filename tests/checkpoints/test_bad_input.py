@@ -178,7 +178,7 @@ def test_a_checkpoint_of_another_architecture_is_described(tmp_path, source, int
     path = tmp_path / "source.weights.h5"
     _model(*source).save_weights(path)
     _assert_refused_and_unchanged(
-        _model(*into), path, *described, "normzoo.models.build(name, weights=path)"
+        _model(*into), path, *described, "normzoo.build(name, weights=path)"
     )
 
 

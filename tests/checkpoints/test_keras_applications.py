@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
-from normzoo import models
+import normzoo
 
 APPLICATIONS = {
     "resnet50": keras.applications.ResNet50,
@@ -75,7 +75,7 @@ def test_distributed_weights_file_builds_the_keras_applications_model(
     inputs = tools.images()
     expected = source(inputs, training=False).numpy()
 
-    model = models.build(name, weights=path, input_shape=tools.IMAGE_SHAPE)
+    model = normzoo.build(name, weights=path, input_shape=tools.IMAGE_SHAPE)
 
     assert model.restore_report.format == "keras_legacy_h5"
     assert model.restore_report.verified
@@ -111,7 +111,7 @@ def test_distributed_notop_file_builds_the_feature_extractor(name, notop, tools,
     path, expected = notop(name)
     as_distributed(path)
 
-    features = models.build(name, weights=path, input_shape=tools.IMAGE_SHAPE)
+    features = normzoo.build(name, weights=path, input_shape=tools.IMAGE_SHAPE)
 
     _check_complete(features)
     assert features.output_shape == (None, expected.shape[-1])
@@ -124,7 +124,7 @@ def test_notop_file_with_num_classes_restores_all_but_a_new_classifier(
     path, expected = notop("resnet50")
     as_distributed(path)
 
-    classifier = models.build(
+    classifier = normzoo.build(
         "resnet50", weights=path, input_shape=tools.IMAGE_SHAPE, num_classes=7
     )
 
@@ -168,7 +168,7 @@ def test_keras3_files_of_keras_applications_restore_its_outputs(
     path = tmp_path / file_name
     save(source, path)
 
-    model = models.build("resnet50", weights=path, input_shape=tools.IMAGE_SHAPE)
+    model = normzoo.build("resnet50", weights=path, input_shape=tools.IMAGE_SHAPE)
 
     assert model.restore_report.format == expected_format
     assert model.get_layer("conv1_bn").epsilon == 1.001e-5

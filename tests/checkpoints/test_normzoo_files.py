@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from keras.src.legacy.saving import legacy_h5_format
 
+import normzoo
 from normzoo import checkpoints, models
 from normzoo.training import train
 
@@ -34,7 +35,7 @@ def test_training_outputs_restore_the_trained_model(relative_path, expected_form
     model, model_dir = trained
     inputs = np.random.default_rng(0).standard_normal((4, *model.input_shape[1:])).astype("float32")
 
-    restored = models.build(
+    restored = normzoo.build(
         "wrn_10_1", weights=model_dir / relative_path, input_shape=model.input_shape[1:]
     )
 
@@ -84,7 +85,7 @@ def test_keras_file_builds_the_layout_it_was_saved_in(name, layout, norm, tools,
     source.save(path)
     inputs = tools.images()
 
-    model = models.build(name, weights=path, input_shape=(32, 32, 3))
+    model = normzoo.build(name, weights=path, input_shape=(32, 32, 3))
 
     assert model.get_config() == {**source.get_config(), "name": model.name}
     assert model.restore_report.complete
@@ -109,7 +110,7 @@ def test_weights_file_builds_the_norm_width_and_classes_it_holds(
     source.save_weights(path)
     inputs = tools.images()
 
-    model = models.build(name, weights=path, input_shape=(32, 32, 3))
+    model = normzoo.build(name, weights=path, input_shape=(32, 32, 3))
 
     assert model.count_params() == source.count_params()
     assert model.output_shape == (None, 5)
@@ -122,9 +123,9 @@ def test_an_argument_contradicting_the_checkpoint_is_refused(tools, tmp_path):
     path = tmp_path / "model.weights.h5"
     _randomized(tools, "resnet20", norm="skipinit", width=4).save_weights(path)
     with pytest.raises(ValueError, match="norm='batch' contradicts .* norm='skipinit'"):
-        models.build("resnet20", weights=path, norm="batch")
+        normzoo.build("resnet20", weights=path, norm="batch")
     with pytest.raises(ValueError, match="width=8 contradicts .* width=4"):
-        models.build("resnet20", weights=path, width=8)
+        normzoo.build("resnet20", weights=path, width=8)
 
 
 def test_v1_weights_without_conv_biases_need_the_layout_named(tools, tmp_path):
@@ -132,9 +133,9 @@ def test_v1_weights_without_conv_biases_need_the_layout_named(tools, tmp_path):
     path = tmp_path / "model.weights.h5"
     source.save_weights(path)
     with pytest.raises(ValueError, match="pass layout='torchvision' or layout='slim'"):
-        models.build("resnet18", weights=path, input_shape=(32, 32, 3))
+        normzoo.build("resnet18", weights=path, input_shape=(32, 32, 3))
 
-    model = models.build("resnet18", weights=path, input_shape=(32, 32, 3), layout="torchvision")
+    model = normzoo.build("resnet18", weights=path, input_shape=(32, 32, 3), layout="torchvision")
 
     inputs = tools.images()
     np.testing.assert_array_equal(
@@ -147,7 +148,7 @@ def test_num_classes_zero_leaves_the_checkpoints_classifier_out(tools, tmp_path)
     path = tmp_path / "model.weights.h5"
     source.save_weights(path)
 
-    features = models.build("resnet18", weights=path, input_shape=(32, 32, 3), num_classes=0)
+    features = normzoo.build("resnet18", weights=path, input_shape=(32, 32, 3), num_classes=0)
 
     report = features.restore_report
     assert report.complete and not report.skipped
@@ -171,7 +172,7 @@ def test_restore_under_a_mirrored_strategy_reaches_every_replica(
     expected = source(inputs, training=False).numpy()
 
     with mirrored_strategy.scope():
-        model = models.build("resnet18", weights=path, input_shape=(32, 32, 3))
+        model = normzoo.build("resnet18", weights=path, input_shape=(32, 32, 3))
 
     @tf.function
     def replica_outputs():
@@ -189,7 +190,7 @@ def test_legacy_whole_model_h5_restores_its_weights(tools, tmp_path):
     legacy_h5_format.save_model_to_hdf5(source, str(path))
     inputs = tools.images()
 
-    model = models.build("resnet18", weights=path, input_shape=(32, 32, 3))
+    model = normzoo.build("resnet18", weights=path, input_shape=(32, 32, 3))
 
     assert model.restore_report.format == "keras_legacy_h5" and model.restore_report.complete
     np.testing.assert_array_equal(
@@ -204,7 +205,7 @@ def test_any_tf2_checkpoint_of_a_model_restores_without_its_optimizer(tools, tmp
     path = tf.train.Checkpoint(network=source, optimizer=optimizer).save(str(tmp_path / "ckpt"))
     inputs = tools.images()
 
-    model = models.build("resnet18", weights=path, input_shape=(32, 32, 3))
+    model = normzoo.build("resnet18", weights=path, input_shape=(32, 32, 3))
 
     report = model.restore_report
     assert report.format == "tf_object_checkpoint" and report.complete
@@ -228,7 +229,7 @@ def test_a_checkpoint_of_grey_images_builds_with_its_input_channels(tools, tmp_p
     source, path = _grey_checkpoint(tools, tmp_path)
     inputs = tools.images(shape=(32, 32, 1))
 
-    model = models.build("resnet20", weights=path)
+    model = normzoo.build("resnet20", weights=path)
 
     assert model.input_shape == (None, 32, 32, 1)
     assert model.restore_report.complete
@@ -240,7 +241,7 @@ def test_a_checkpoint_of_grey_images_builds_with_its_input_channels(tools, tmp_p
 def test_input_shape_with_other_channels_than_the_checkpoint_names_input_shape(tools, tmp_path):
     _, path = _grey_checkpoint(tools, tmp_path)
     with pytest.raises(ValueError) as error:
-        models.build("resnet20", weights=path, input_shape=(32, 32, 3))
+        normzoo.build("resnet20", weights=path, input_shape=(32, 32, 3))
     message = str(error.value)
     assert "input_shape=(32, 32, 3) has 3 channels" in message
     assert "takes 1" in message and "pass input_shape=(32, 32, 1)" in message
@@ -268,24 +269,41 @@ def test_weights_imagenet_says_normzoo_never_downloads_and_where_the_file_is(nam
 
     file_name = f"{name}_weights_tf_dim_ordering_tf_kernels.h5"
     with pytest.raises(ValueError) as error:
-        models.build(name, weights="imagenet")
+        normzoo.build(name, weights="imagenet")
     message = str(error.value)
     assert message.startswith("weights='imagenet' names no file: normzoo never downloads weights.")
     assert f"{keras_resnet.BASE_WEIGHTS_PATH}{file_name}" in message
-    assert f"normzoo.models.build({name!r}, weights='/path/to/{file_name}')" in message
+    # The address keras.applications downloads from, independently of its constants.
+    address = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+    assert f"{address}{file_name} (" in message
+    assert f"normzoo.build({name!r}, weights='/path/to/{file_name}')" in message
 
 
 def test_weights_imagenet_for_a_model_keras_publishes_nothing_for_says_so():
     with pytest.raises(ValueError) as error:
-        models.build("resnet20", weights="imagenet")
+        normzoo.build("resnet20", weights="imagenet")
     message = str(error.value)
     assert "never downloads" in message and "(not resnet20)" in message
     assert "checkpoints/" in message
 
 
+def test_an_invalid_argument_is_named_before_the_checkpoint_is_read(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown norm 'group'; valid values are 'batch'"):
+        normzoo.build("resnet20", weights=tmp_path / "missing.weights.h5", norm="group")
+
+
+def test_normzoo_build_without_weights_builds_what_models_build_builds():
+    arguments = {"norm": "layer", "input_shape": (16, 16, 3), "num_classes": 3, "width": 4}
+    built, reference = normzoo.build("resnet20", **arguments), models.build("resnet20", **arguments)
+    assert [(v.path, v.shape) for v in built.weights] == [
+        (v.path, v.shape) for v in reference.weights
+    ]
+    assert not hasattr(built, "restore_report")
+
+
 def test_weights_that_are_no_path_are_refused_naming_weights():
     with pytest.raises(TypeError, match=r"weights must be the path of a checkpoint .* got 3 of type int"):
-        models.build("resnet20", weights=3)
+        normzoo.build("resnet20", weights=3)
 
 
 def test_a_file_named_like_a_word_is_still_read(tools, tmp_path, monkeypatch):
@@ -294,7 +312,7 @@ def test_a_file_named_like_a_word_is_still_read(tools, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     inputs = tools.images(shape=(32, 32, 1))
 
-    model = models.build("resnet20", weights="imagenet")
+    model = normzoo.build("resnet20", weights="imagenet")
 
     np.testing.assert_array_equal(
         model(inputs, training=False).numpy(), source(inputs, training=False).numpy()

@@ -9,7 +9,8 @@ slots, as a training run's do.
 import numpy as np
 import pytest
 
-from normzoo import checkpoints, models
+import normzoo
+from normzoo import checkpoints
 
 SLIM = {
     "resnet_v1_50": ("resnet50", 1000, ["conv1_bn", "conv3_block2_2_bn", "conv5_block3_3_bn"]),
@@ -27,7 +28,7 @@ def test_slim_checkpoint_builds_a_model_with_slims_logits(network, slim_checkpoi
     inputs = np.load(slim_checkpoints / "images.npy")
     expected = np.load(slim_checkpoints / f"{network}_logits.npy")
 
-    model = models.build(
+    model = normzoo.build(
         name, weights=slim_checkpoints / f"{network}.ckpt", input_shape=inputs.shape[1:]
     )
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import normzoo
 from normzoo import bn, checkpoints, layers, models
 
 NETWORK = "resnet_v2_50"
@@ -70,7 +71,7 @@ def _near_identical_and_shuffled_batches(shape, rng):
 
 
 def test_full_restore_audit_is_clean_and_predictions_ignore_batch_composition(slim_checkpoints):
-    model = models.build(
+    model = normzoo.build(
         "resnet50v2",
         weights=slim_checkpoints / f"{NETWORK}.ckpt",
         input_shape=np.load(slim_checkpoints / "images.npy").shape[1:],

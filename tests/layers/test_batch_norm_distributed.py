@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import keras
-from normzoo.layers import BatchNorm
+from normzoo.layers import BatchNorm, _distributed_moments
 
 TOLERANCE = 1e-5
 MOMENTUM = 0.9
@@ -196,12 +196,12 @@ def test_sync_bn_step_equals_single_device_on_concatenated_batch(
             np.testing.assert_allclose(copy, expected, atol=TOLERANCE, err_msg=name)
 
 
-def run_in_training_mode(strategy, layer, shards):
+def run_on_replicas(strategy, layer, shards, training=True):
     """Calls `layer` (built in the strategy's scope) on replica r's shard r."""
 
     @tf.function
     def step(inputs):
-        return strategy.run(lambda x: layer(x, training=True), args=(inputs,))
+        return strategy.run(lambda x: layer(x, training=training), args=(inputs,))
 
     return local_results(strategy, step(distribute(strategy, shards)))
 
@@ -219,7 +219,7 @@ def test_sync_bn_weights_unequal_shards_by_count(strategy):
     with strategy.scope():
         layer = BatchNorm(momentum=MOMENTUM, epsilon=EPSILON, synchronized=True)
         layer.build((None, 2, 2, 3))
-    outputs = run_in_training_mode(strategy, layer, shards)
+    outputs = run_on_replicas(strategy, layer, shards)
 
     expected = numpy_normalize(np.concatenate(shards), -1, mean, variance)
     np.testing.assert_allclose(np.concatenate(outputs), expected, atol=TOLERANCE)
@@ -272,7 +272,7 @@ def test_sync_bn_uses_a_single_collective_per_call(
     with strategy.scope():
         layer = layer_class(synchronized=True)
         layer.build((None, 3))
-    run_in_training_mode(strategy, layer, shards)
+    run_on_replicas(strategy, layer, shards)
     for replica in range(strategy.num_replicas_in_sync):
         names = [name for name, r in collective_calls if r == replica]
         counted = sorted((name, names.count(name)) for name in set(names))
@@ -747,3 +747,238 @@ def test_sync_bn_with_mask_or_renorm_equals_single_device_on_concatenated_batch(
     for name, variable in statistics_of(layer).items():
         for copy in replica_copies(variable):
             np.testing.assert_allclose(copy, reference_statistics[name].numpy(), atol=TOLERANCE, err_msg=name)
+
+
+# --- one set of moving statistics for inference ---------------------------------
+
+FIT_BATCH = 16
+
+
+def conv_classifier():
+    """Conv2D -> BatchNorm "bn" -> global pooling -> Dense, to `fit`."""
+    inputs = keras.Input((4, 4, 2))
+    x = keras.layers.Conv2D(
+        3, 3, padding="same", kernel_initializer=keras.initializers.GlorotUniform(seed=1)
+    )(inputs)
+    x = BatchNorm(momentum=0.5, epsilon=EPSILON, name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, kernel_initializer=keras.initializers.GlorotUniform(seed=2))(x)
+    return compile_for_fit(keras.Model(inputs, outputs))
+
+
+def compile_for_fit(model):
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def drifting_data(seed, batches=3):
+    """`batches` global batches of FIT_BATCH samples whose halves (the two
+    replicas' shards) differ in mean and scale, and labels."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batches * FIT_BATCH, 4, 4, 2)).astype(np.float32)
+    for start in range(0, len(x), FIT_BATCH):
+        x[start : start + FIT_BATCH // 2] = 3.0 * x[start : start + FIT_BATCH // 2] + 2.0
+    return x, rng.integers(0, 2, len(x))
+
+
+def fit(model, seed):
+    # In order, so that replica r gets half r of every global batch.
+    model.fit(*drifting_data(seed), batch_size=FIT_BATCH, epochs=1, shuffle=False, verbose=0)
+
+
+def single_device_copy(model):
+    """A model without a strategy holding `model`'s weights as read in
+    cross-replica code (what get_weights, checkpoints and weight files give)."""
+    copy = conv_classifier()
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def assert_statistics_drifted(layer):
+    """The replicas' copies differ: the test could otherwise not tell the
+    average from a replica's own statistics."""
+    for name in ("moving_mean", "moving_variance"):
+        copies = replica_copies(getattr(layer, name))
+        assert np.abs(copies[0] - copies[1]).max() > 0.1, name
+
+
+def assert_relatively_close(got, want, message=""):
+    """Within 1e-6 of the largest |want| (float32 rounding; normalizing with
+    each replica's own statistics instead of their average is off by 1e-2
+    to 0.5 in these tests)."""
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max(), err_msg=message)
+
+
+def twice_the_same_samples(seed):
+    """A global batch whose two halves, one per replica, hold the same samples."""
+    half = np.random.default_rng(seed).normal(size=(FIT_BATCH // 2, 4, 4, 2)).astype(np.float32)
+    return np.concatenate([half, half])
+
+
+def test_predict_and_evaluate_after_fit_equal_a_single_device_copy(strategy):
+    """After `fit` under MirroredStrategy (the replicas' statistics drifted
+    apart), `predict` and `evaluate` under the strategy equal the same
+    weights in a model without a strategy, and a sample's logits do not
+    depend on the replica it lands on."""
+    with strategy.scope():
+        model = conv_classifier()
+    fit(model, seed=140)
+    copy = single_device_copy(model)
+    assert_statistics_drifted(model.get_layer("bn"))
+    samples = twice_the_same_samples(seed=141)
+    labels = np.random.default_rng(142).integers(0, 2, len(samples))
+
+    logits = model.predict(samples, batch_size=FIT_BATCH, verbose=0)
+    assert_relatively_close(logits, copy.predict(samples, batch_size=FIT_BATCH, verbose=0))
+    half = FIT_BATCH // 2
+    assert_relatively_close(logits[half:], logits[:half], "replica 1 against replica 0")
+    loss = model.evaluate(samples, labels, batch_size=FIT_BATCH, verbose=0)
+    assert_relatively_close(loss, copy.evaluate(samples, labels, batch_size=FIT_BATCH, verbose=0))
+
+
+def test_fine_tuning_with_frozen_statistics_equals_a_single_device_copy(strategy):
+    """`fit` with `frozen_stats=True` (normalizing with the moving statistics
+    in training) after the replicas' statistics drifted apart: the weights it
+    reaches under the strategy equal those of the same fine-tuning on one
+    device, and every replica's statistics stay as they were."""
+    with strategy.scope():
+        model = conv_classifier()
+    # Training-mode calls drift the replicas' statistics apart, as `fit` does.
+    batches = tf.data.Dataset.from_tensor_slices(drifting_data(seed=143)[0]).batch(FIT_BATCH)
+    call = tf.function(lambda x: strategy.run(lambda x: model(x, training=True), args=(x,)))
+    for x in strategy.experimental_distribute_dataset(batches):
+        call(x)
+    layer = model.get_layer("bn")
+    assert_statistics_drifted(layer)
+    copy = single_device_copy(model)
+    before = {name: replica_copies(getattr(layer, name)) for name in ("moving_mean", "moving_variance")}
+    for fine_tuned in (model, copy):
+        fine_tuned.get_layer("bn").frozen_stats = True
+    # Again, so that Keras retraces its training function.
+    with strategy.scope():
+        compile_for_fit(model)
+    compile_for_fit(copy)
+    initial = copy.get_weights()
+
+    fit(model, seed=144)
+    fit(copy, seed=144)
+
+    for variable, got, want, start in zip(copy.weights, model.get_weights(), copy.get_weights(), initial):
+        if variable.trainable:
+            assert np.abs(want - start).max() > 1e-3, f"{variable.path} did not train"
+        # Float32 rounding of gradients summed over replicas; normalizing with
+        # each replica's own statistics is off by ~1e-2.
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=variable.path)
+    for name, copies in before.items():
+        for got, want in zip(replica_copies(getattr(layer, name)), copies):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "renorm, jit_scope", [(False, False), (False, True), (True, False)], ids=["graph", "jit_scope", "renorm"]
+)
+def test_a_frozen_stats_layer_trains_with_the_replica_average(strategy, renorm, jit_scope):
+    """A training step of a `frozen_stats` layer whose replicas' statistics
+    drifted apart, with the same samples on both replicas: outputs and
+    gradients equal one device's step on the concatenated batch with the
+    averaged statistics; also with renorm (whose training drifts five
+    statistics), and with the step compiled by XLA as `normzoo.training`
+    compiles it under MirroredStrategy on CPU (the all-reduce outside the
+    compiled clusters)."""
+    layer = randomized_layer(strategy, (None, 2, 2, 3), seed=150, renorm=renorm)
+    run_on_replicas(strategy, layer, shifted_shards((4, 4), (2, 2, 3), seed=151))
+    assert_statistics_drifted(layer)
+    layer.frozen_stats = True
+    sample = shifted_shards((3,), (2, 2, 3), seed=152)[0]
+    shards, upstreams = [sample, sample], shifted_shards((3, 3), (2, 2, 3), seed=153)
+    _, *expected = single_device_reference(layer, np.concatenate(shards), np.concatenate(upstreams))
+
+    outputs, d_x, d_gamma, d_beta = distributed_layer_step(
+        strategy, layer, shards, upstreams, jit_scope=jit_scope
+    )
+
+    for name, got, want in zip(
+        ("outputs", "d_x", "d_gamma", "d_beta"),
+        (np.concatenate(outputs), np.concatenate(d_x), d_gamma, d_beta),
+        expected,
+    ):
+        assert_relatively_close(got, want, name)
+    assert_relatively_close(outputs[1], outputs[0], "replica 1 against replica 0")
+
+
+@pytest.mark.parametrize(
+    "batch_norm_kwargs, training",
+    [({}, False), ({"frozen_stats": True}, True), ({}, True)],
+    ids=["inference", "frozen_stats_training", "batch_statistics_training"],
+)
+def test_an_unsynchronized_layer_uses_no_collective_under_mirrored_strategy(
+    strategy, collective_calls, batch_norm_kwargs, training
+):
+    """Every replica's copy of the statistics is in this process: in
+    inference each replica reads them all (no collective, cheaper than an
+    all-reduce), and training with batch statistics communicates nothing."""
+    with strategy.scope():
+        layer = BatchNorm(**batch_norm_kwargs)
+        layer.build((None, 3))
+    run_on_replicas(strategy, layer, shifted_shards((2, 2), (3,), seed=160), training=training)
+    assert collective_calls == []
+
+
+def test_the_all_reduce_average_equals_the_cross_replica_read(strategy, collective_calls):
+    """Where the replicas' copies are not all in this process (other workers,
+    or a function that XLA compiles whole), the average is one all-reduce of
+    the moving mean and variance packed together; every replica gets what a
+    cross-replica read gives."""
+    layer = randomized_layer(strategy, (None, 3), seed=161)
+    run_on_replicas(strategy, layer, shifted_shards((4, 4), (3,), seed=162))
+    assert_statistics_drifted(layer)
+    collective_calls.clear()
+
+    @tf.function
+    def average():
+        def replica_fn():
+            context = tf.distribute.get_replica_context()
+            return _distributed_moments._all_reduce_mean(context, [layer.moving_mean, layer.moving_variance])
+
+        return strategy.run(replica_fn)
+
+    per_replica = [local_results(strategy, value) for value in average()]
+    for name, copies in zip(("moving_mean", "moving_variance"), per_replica):
+        for copy in copies:
+            assert_relatively_close(copy, getattr(layer, name).numpy(), name)
+    for replica in range(strategy.num_replicas_in_sync):
+        assert [name for name, r in collective_calls if r == replica] == ["all_reduce"], collective_calls
+
+
+@pytest.mark.parametrize("one_replica", ["no_strategy", "one_device"])
+def test_inference_adds_nothing_without_several_replicas(collective_calls, one_replica):
+    """Without a strategy, or with one replica, inference reads the moving
+    statistics as they are: no collective, the output of the formula."""
+    if one_replica == "no_strategy":
+        single = tf.distribute.get_strategy()
+    else:
+        single = tf.distribute.OneDeviceStrategy("/cpu:0")
+    layer = randomized_layer(single, (None, 3), seed=170)
+    x = shifted_shards((4,), (3,), seed=171)[0]
+
+    @tf.function
+    def infer(x):
+        return single.run(lambda x: layer(x, training=False), args=(x,))
+
+    outputs = infer(tf.constant(x)).numpy()
+    assert collective_calls == []
+    expected = numpy_normalize(x, -1, layer.moving_mean.numpy(), layer.moving_variance.numpy())
+    np.testing.assert_allclose(outputs, expected * layer.gamma.numpy() + layer.beta.numpy(), atol=TOLERANCE)
+
+
+def test_inference_compiled_whole_by_xla_on_cpu_replicas_names_the_fix(strategy):
+    """A function that XLA compiles whole can neither read another device's
+    copy of the statistics nor, on CPU devices, all-reduce them: Keras'
+    `predict` with `jit_compile=True` under the strategy fails with a message
+    that names the layer's need and the fix, not TensorFlow's merge_call
+    error."""
+    with strategy.scope():
+        model = conv_classifier()
+        model.compile(jit_compile=True)
+    with pytest.raises(RuntimeError, match=r"XLA compiles this replica function whole.*jit_compile=False"):
+        model.predict(twice_the_same_samples(seed=180), batch_size=FIT_BATCH, verbose=0)

@@ -106,7 +106,7 @@ def test_mixed_precision_keeps_float32_parameters_and_outputs_compute_dtype(poli
 
     check()
 
-    def half_precision_moments(x, axes):
+    def half_precision_moments(x, axes, mask=None):
         x = keras.ops.cast(x, compute_dtype)
         mean = keras.ops.mean(x, axes, keepdims=True)
         variance = keras.ops.var(x, axes, keepdims=True)

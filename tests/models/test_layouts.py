@@ -17,7 +17,7 @@ from normzoo import models
 from normzoo.models import blocks
 
 # keras.applications constructor and its parameter count (with its 1000-class
-# top), measured with keras.applications and recorded in DESIGN.md.
+# top), measured with keras.applications 3.15.1.
 _KERAS_APPLICATIONS = {
     "resnet50": (keras.applications.ResNet50, 25_636_712),
     "resnet50v2": (keras.applications.ResNet50V2, 25_613_800),

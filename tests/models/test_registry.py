@@ -59,6 +59,46 @@ def test_an_override_for_another_norm_is_refused(norm, override):
         models.build("resnet20", norm=norm, **override)
 
 
+def test_build_takes_no_weights_and_names_the_call_that_does():
+    with pytest.raises(TypeError, match=r"takes no weights.*normzoo\.build\('resnet20', weights="):
+        models.build("resnet20", weights="model.weights.h5")
+
+
+@pytest.mark.parametrize(
+    "name, input_shape, num_classes, override",
+    [("resnet50", (224, 224, 3), 1000, "layout"), ("resnet20", (32, 32, 3), 10, "width"),
+     ("wrn_16_4", (32, 32, 3), 10, "dropout_rate")],
+)  # fmt: skip
+def test_arguments_are_the_family_defaults(name, input_shape, num_classes, override):
+    # ImageNet at 224x224 with 1000 classes (He et al. 2016), CIFAR-10 at 32x32.
+    defaults = models.arguments(name)
+    assert defaults["norm"] == "batch"
+    assert defaults["input_shape"] == input_shape and defaults["num_classes"] == num_classes
+    assert override in defaults and "name" not in defaults
+
+
+def test_check_arguments_refuses_what_build_refuses_and_builds_nothing():
+    assert models.check_arguments("resnet20", input_shape=[16, 16, 1]) == (16, 16, 1)
+    assert models.check_arguments("resnet20") is None
+    for arguments, error in [
+        ({"norm": "group"}, ValueError),
+        ({"num_classes": -1}, ValueError),
+        ({"input_shape": (32, 32)}, ValueError),
+    ]:
+        with pytest.raises(error):
+            models.check_arguments("resnet20", **arguments)
+        with pytest.raises(error):
+            models.build("resnet20", **arguments)
+
+
+def test_the_default_arguments_are_what_build_builds():
+    model = models.build("resnet20")
+    defaults = models.arguments("resnet20")
+    assert model.input_shape[1:] == defaults["input_shape"]
+    assert model.output_shape[-1] == defaults["num_classes"]
+    assert model.get_layer("conv1_conv").filters == defaults["width"]
+
+
 def _layers_of(model, cls):
     return [layer for layer in model.layers if isinstance(layer, cls)]
 

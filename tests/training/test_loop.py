@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from normzoo.training import ConfigError, TrainingDiverged, loop, train
+from normzoo import data, models
+from normzoo.training import ConfigError, EvalStep, TrainingDiverged, evaluate, loop, train
 from normzoo.training.distribute import choose_xla_form
 from normzoo.training.steps import TrainStep
 
@@ -193,6 +194,20 @@ def single_device_weights(tmp_path_factory, tiny_config):
     return model_dir / "model.weights.h5"
 
 
+def single_device_evaluation(config, weights_path):
+    """Test loss and accuracy of the weights in `weights_path`, loaded into
+    `config`'s model without a strategy, over the test split in batches of
+    `config.batch_size`."""
+    info = data.info(config.dataset, image_size=config.image_size)
+    model = models.build(config.model, num_classes=info.num_classes, input_shape=info.image_shape)
+    model.load_weights(weights_path)
+    batches = data.load(
+        config.dataset, info.test_split, global_batch_size=config.batch_size, training=False,
+        image_size=config.image_size,
+    )
+    return evaluate(EvalStep(model, tf.distribute.get_strategy()), batches)
+
+
 @pytest.mark.parametrize("jit_compile", [False, True])
 @pytest.mark.parametrize("sync_bn", [False, True])
 def test_mirrored_run_equals_single_device_run_on_the_same_global_batches(
@@ -201,20 +216,35 @@ def test_mirrored_run_equals_single_device_run_on_the_same_global_batches(
     """Two replicas with synchronized BN compute exactly the single-device
     step; without sync each replica normalizes with its own half-batch, so
     only the sync run must match (the unsynchronized one is checked for
-    agreement between replicas)."""
+    agreement between replicas). Either way the run evaluates (EvalStep
+    under the strategy) as its saved weights do on one device: without sync
+    the replicas' moving statistics drift apart, and every replica
+    normalizes with their average, the value saved."""
     config = tiny_config(tmp_path / "mirrored", sync_bn=sync_bn, jit_compile=jit_compile)
     result = train(config, strategy=mirrored_strategy)
     metrics = result.metrics
     if jit_compile:
         assert "forward/backward pass is compiled" in metrics["xla"]
         assert int(metrics["xla"].split("XLA ran ")[1].split()[0]) > 0
+    drift = 0.0
     for variable in result.model.variables:
         copies = [np.asarray(v.numpy()) for v in getattr(variable.value, "values", [variable.value])]
         for copy in copies[1:]:
             if sync_bn or "moving" not in variable.path:
                 np.testing.assert_array_equal(copy, copies[0], err_msg=variable.path)
+            else:
+                drift = max(drift, np.abs(copy - copies[0]).max())
+    weights_path = tmp_path / "mirrored" / "model.weights.h5"
     if sync_bn:
-        assert_same_weights(single_device_weights, tmp_path / "mirrored" / "model.weights.h5", atol=2e-5)
+        assert_same_weights(single_device_weights, weights_path, atol=2e-5)
+    else:
+        # Otherwise the replicas' own statistics would serve as well as their average.
+        assert drift > 1e-2
+    expected = single_device_evaluation(config, weights_path)
+    assert metrics["test_accuracy"] == expected["accuracy"]
+    # Float32 rounding of the loss sums; each replica's own statistics give
+    # a loss off by ~1e-3 relative.
+    np.testing.assert_allclose(metrics["test_loss"], expected["loss"], rtol=1e-6)
 
 
 @pytest.fixture(scope="module")

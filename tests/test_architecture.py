@@ -1,0 +1,166 @@
+"""normzoo's imports run one way: down the levels of `LEVELS`.
+
+The package's source is parsed with `ast` (nothing is imported), and every
+import counts: at module level, inside functions and under `if`/`try`. A
+module may import modules of its own package (`normzoo.checkpoints.*`
+among themselves) and packages of lower levels; never one of its own level
+or above, so that no package depends on what is built on it and no two
+packages import each other. `normzoo/__init__.py` ("How the code is
+organized") states the same levels for contributors.
+"""
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "normzoo"
+
+# The levels, bottom first; each entry is a package or module of normzoo.
+LEVELS = (
+    # Rules and helpers that import nothing from normzoo.
+    ("normzoo.naming", "normzoo.runtime", "normzoo._keras_graph"),
+    ("normzoo.layers", "normzoo.data"),
+    ("normzoo.models",),
+    ("normzoo.checkpoints", "normzoo.bn", "normzoo.benchmarking"),
+    ("normzoo.training",),
+    ("normzoo.experiments", "normzoo.benchmarks"),
+    # The package's face, normzoo/__init__.py: what `import normzoo` gives.
+    ("normzoo",),
+)
+
+
+def _module_name(path, root):
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _entry(module):
+    """The entry of the levels that `module` belongs to: the package itself
+    for its `__init__.py`, else its top-level package or module."""
+    return ".".join(module.split(".")[:2])
+
+
+def imports(root):
+    """[(importing module, imported module, path, line)] for every import of
+    a module of the package at `root` by one of its modules. `from a import
+    b` imports `a.b` when that is a module of the package, else `a`."""
+    package = root.name
+    modules = {_module_name(path, root): path for path in sorted(root.rglob("*.py"))}
+    found = []
+    for module, path in modules.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative to the importing module's package
+                    anchor = module.split(".")
+                    anchor = anchor[: len(anchor) - node.level + is_package]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                targets = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                    for alias in node.names
+                ]
+            else:
+                continue
+            for target in targets:
+                if target == package or target.startswith(f"{package}."):
+                    found.append((module, target, path.relative_to(root.parent), node.lineno))
+    return found
+
+
+def violations(root, levels):
+    """The imports of the package at `root` that break `levels`, as messages."""
+    level = {entry: index for index, entries in enumerate(levels) for entry in entries}
+    problems = []
+    for module, target, path, line in imports(root):
+        source, imported = _entry(module), _entry(target)
+        unplaced = [entry for entry in (source, imported) if entry not in level]
+        for entry in unplaced:
+            problems.append(
+                f"{path}:{line}: {entry} is on no level; add it to LEVELS in "
+                f"tests/test_architecture.py and to the map in normzoo/__init__.py."
+            )
+        if unplaced or source == imported or level[imported] < level[source]:
+            continue
+        where = "its own level" if level[imported] == level[source] else "a higher level"
+        problems.append(
+            f"{path}:{line}: {module} (level {level[source]}) imports {target} (level "
+            f"{level[imported]}, {where}); imports run down the levels only."
+        )
+    return sorted(set(problems))
+
+
+def test_every_import_of_the_package_runs_down_the_levels():
+    problems = violations(PACKAGE, LEVELS)
+    assert not problems, "\n".join(problems)
+
+
+def test_every_module_of_the_package_is_on_a_level():
+    placed = {entry for entries in LEVELS for entry in entries}
+    entries = {_entry(_module_name(path, PACKAGE)) for path in PACKAGE.rglob("*.py")}
+    assert entries - placed == set(), "add these to LEVELS and to the map in normzoo/__init__.py"
+    assert placed - entries == set(), "LEVELS names what does not exist"
+
+
+def _write(root, files):
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "from pkg import high\n",
+        "import pkg.high.deep\n",
+        "from pkg.high import deep as alias\n",
+        "def f():\n    from pkg.high import deep\n",
+        "try:\n    import pkg.high\nexcept ImportError:\n    pass\n",
+        "from .. import high\n",
+        "from ..high.deep import name\n",
+    ],
+)
+def test_an_import_up_the_levels_is_found_in_any_form(tmp_path, text):
+    root = tmp_path / "pkg"
+    _write(
+        root,
+        {
+            "__init__.py": "",
+            "high/__init__.py": "",
+            "high/deep.py": "from pkg.low import helper\nfrom . import sibling\n",
+            "high/sibling.py": "",
+            "low/__init__.py": "",
+            "low/helper.py": text,
+        },
+    )
+    (problem,) = violations(root, (("pkg.low",), ("pkg.high",), ("pkg",)))
+    assert problem.startswith(f"{pathlib.Path('pkg', 'low', 'helper.py')}:")
+    assert "pkg.low.helper (level 0) imports pkg.high" in problem
+
+
+def test_an_import_across_one_level_is_found(tmp_path):
+    _write(tmp_path / "pkg", {"__init__.py": "", "left.py": "import pkg.right\n", "right.py": ""})
+    (problem,) = violations(tmp_path / "pkg", (("pkg.left", "pkg.right"), ("pkg",)))
+    assert "pkg.left (level 0) imports pkg.right (level 0, its own level)" in problem
+
+
+def test_imports_within_a_package_and_down_the_levels_pass(tmp_path):
+    root = tmp_path / "pkg"
+    _write(
+        root,
+        {
+            "__init__.py": "from pkg import high, low\n",
+            "high/__init__.py": "from pkg.high.deep import name\n",
+            "high/deep.py": "from pkg.low import helper\nfrom . import sibling\nimport os\n",
+            "high/sibling.py": "",
+            "low/__init__.py": "",
+            "low/helper.py": "",
+        },
+    )
+    assert violations(root, (("pkg.low",), ("pkg.high",), ("pkg",))) == []
