@@ -65,8 +65,10 @@ def run_cell(labels, config, *, log=print):
     Returns:
         A dict: the labels, then "status" (`TRAINED` or `DIVERGED`),
         "final_train_loss" (mean over the last epoch), "final_train_accuracy",
-        "test_accuracy", "test_loss" (None when diverged), "steps", "seconds"
-        and, when diverged, "error" (the `TrainingDiverged` message).
+        "test_accuracy", "test_loss" (None when diverged), "steps", "seconds",
+        "time_this_run" (where the run's time went, as metrics.json records
+        it; None when diverged) and, when diverged, "error" (the
+        `TrainingDiverged` message).
     """
     started = time.time()
     row = dict(labels)
@@ -82,6 +84,7 @@ def run_cell(labels, config, *, log=print):
                 test_accuracy=None,
                 test_loss=None,
                 steps=None,
+                time_this_run=None,
                 error=str(error),
             )
         else:
@@ -93,6 +96,7 @@ def run_cell(labels, config, *, log=print):
                 test_accuracy=metrics["test_accuracy"],
                 test_loss=metrics["test_loss"],
                 steps=metrics["steps"],
+                time_this_run=metrics["time_this_run"],
             )
     row["seconds"] = round(time.time() - started, 1)
     if log:
@@ -150,12 +154,24 @@ def pivot(rows, row_key, column_key, value):
     return row_values, column_values, cells
 
 
+def _training_share(row):
+    """The fraction of a cell's wall time spent in its training steps other
+    than the first (which traces and compiles), with their input waits;
+    None for a diverged cell."""
+    spent = row["time_this_run"]
+    if spent is None:
+        return None
+    return (spent["step_seconds"] + spent["input_wait_seconds"]) / row["seconds"]
+
+
 # The tables of a grid's markdown: (title, value of a row).
 RESULT_TABLES = (
     ("Test accuracy", lambda row: row["test_accuracy"]),
     ("Training loss (mean over the last epoch)", lambda row: row["final_train_loss"]),
     ("Outcome (trained: the loss stayed finite)", lambda row: row["status"]),
     ("Wall time (s)", lambda row: round(row["seconds"])),
+    ("Share of the wall time in training steps (the first step, which traces, apart)",
+     _training_share),
 )
 
 

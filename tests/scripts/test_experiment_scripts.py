@@ -42,9 +42,13 @@ def test_depth_sweep_writes_one_row_per_depth_and_norm(tmp_path):
         assert row["status"] == "trained", row
         assert 0.0 <= row["test_accuracy"] <= 1.0 and row["steps"] == 2
         assert math.isfinite(row["final_train_loss"])
+        # The run's own stopwatch times parts of the cell's wall time (rounded to 0.1 s).
+        spent = row["time_this_run"]
+        assert 0 < spent["step_seconds"] + spent["first_step_seconds"] < row["seconds"] + 0.05
     assert record["flags"]["learning_rate"] == 0.05
     table = (tmp_path / "results" / "sweep.md").read_text()
     assert "| WRN-10-1 |" in table and "skipinit1" in table
+    assert "Share of the wall time in training steps" in table
 
 
 def test_depth_sweep_rejects_an_unknown_norm(tmp_path):
