@@ -7,13 +7,17 @@ import zipfile
 
 import h5py
 import numpy as np
-import tensorflow as tf
 
-from normzoo import naming
+from normzoo import backends, naming
 from normzoo._keras_graph import leaf_layers
-from normzoo.checkpoints import integrity, keras_files, tf_checkpoints
+from normzoo.checkpoints import integrity, keras_files
 from normzoo.checkpoints.report import RestoreError, RestoreReport, ShapeMismatch
 from normzoo.checkpoints.source import FORMATS
+
+if backends.TENSORFLOW:
+    import tensorflow as tf
+
+    from normzoo.checkpoints import tf_checkpoints
 
 _TF_DATA_FILE = re.compile(r"\.data-\d+-of-\d+$")
 # The first bytes of a zip archive (a .keras file), which keeps its directory at the end.
@@ -96,9 +100,11 @@ def read(path):
     `restore`); raises `RestoreError` as `restore` does for a file it cannot
     read or that fails a check."""
     path = os.fspath(path)
+    prefix = _tf_prefix(path)
+    if os.path.isdir(path) or prefix is not None:
+        backends.require_tensorflow(f"Reading the TensorFlow checkpoint at {path}")
     if os.path.isdir(path):
         return tf_checkpoints.read(_latest_checkpoint(path))
-    prefix = _tf_prefix(path)
     if prefix is not None:
         return tf_checkpoints.read(prefix)
     if not os.path.exists(path):
