@@ -16,6 +16,7 @@ across one level. No import hides inside a function to get around this:
 tests/test_architecture.py parses every import and holds the code to it.
 
     experiments.py       grids of training runs and their result tables
+    gpu_check.py         the one-shot GPU check under JAX (scripts/gpu_check.py)
     benchmarks/          one module per figure of scripts/benchmark.py,
                          and the renderer of BENCHMARKS.md
     training/            the training loop behind scripts/train.py and
@@ -40,7 +41,7 @@ tests/test_architecture.py parses every import and holds the code to it.
                          of the TensorFlow-only features on another one
 
 The levels, bottom first: naming, runtime, _keras_graph, backends; layers, data;
-models; checkpoints, bn, benchmarking; training; experiments, benchmarks; this file
+models; checkpoints, bn, benchmarking; training; experiments, benchmarks, gpu_check; this file
 (`import normzoo` gives layers, models, bn, checkpoints, and data on first
 use: it is TensorFlow's input pipeline, and `import normzoo` needs no
 TensorFlow). scripts/

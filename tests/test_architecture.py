@@ -24,7 +24,7 @@ LEVELS = (
     ("normzoo.models",),
     ("normzoo.checkpoints", "normzoo.bn", "normzoo.benchmarking"),
     ("normzoo.training",),
-    ("normzoo.experiments", "normzoo.benchmarks"),
+    ("normzoo.experiments", "normzoo.benchmarks", "normzoo.gpu_check"),
     # The package's face, normzoo/__init__.py: what `import normzoo` gives.
     ("normzoo",),
 )

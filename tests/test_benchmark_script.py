@@ -10,7 +10,7 @@ import sys
 import pytest
 
 _SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
-FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8")
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9")
 P2_MODELS = {
     "conv_net": "conv net step time, normzoo BatchNorm / keras BatchNormalization",
     "conv_net_renorm": "conv net step time, normzoo BatchNorm(renorm=True) / keras BatchNormalization(renorm=True)",
@@ -57,6 +57,15 @@ def test_the_machine_is_stated(record):
     assert machine["tensorflow"] in markdown and machine["keras"] in markdown
     assert "TF_ENABLE_ONEDNN_OPTS=" in markdown
     assert machine["cpu"] in markdown
+
+
+def test_p9_times_both_layers_under_jax(record):
+    record, _ = record
+    (p9,) = [m for m in record["measurements"] if m["figure"] == "P9"]
+    details = p9["details"]
+    assert details["machine"]["keras_backend"] == "jax" and details["machine"]["jax"]
+    assert details["normzoo_step_ms"] > 0 and details["keras_step_ms"] > 0
+    assert p9["value"] == pytest.approx(details["normzoo_step_ms"] / details["keras_step_ms"])
 
 
 def test_folded_resnet50_computes_what_the_unfolded_one_does(record):
