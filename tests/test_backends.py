@@ -27,7 +27,7 @@ def test_the_backend_agnostic_suite_passes_under_jax():
         env={**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,
     )
     summary = result.stdout.strip().splitlines()[-1]
     print("JAX suite:", summary)

@@ -1,7 +1,7 @@
-"""normzoo.bn under Keras' JAX backend: audit, freeze, recalibrate (from a
-NumPy array and from a generator) and fold, against NumPy statistics over
-the data and the original model's outputs. (`convert` runs under JAX in
-tests/test_bn_convert.py, which tests/test_backends.py runs there.)"""
+"""normzoo.bn under Keras' JAX backend: audit, convert, freeze,
+recalibrate (from a NumPy array and from a generator) and fold, against
+Keras' own layer, NumPy statistics over the data and the original model's
+outputs."""
 
 import keras
 import numpy as np
@@ -35,6 +35,29 @@ def test_audit_names_every_batch_norm_of_an_untrained_model():
     problems = bn.audit(model)
     assert [p.layer for p in problems] == [layer.name for layer in batch_norms(model)]
     assert {p.problem for p in problems} == {"uninitialized"}
+
+
+def test_convert_computes_what_keras_batch_normalization_computes():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    original = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.5)(x))
+    norm = original.layers[-1]
+    rng = np.random.default_rng(2)
+    for variable in norm.weights:
+        variable.assign(rng.uniform(0.5, 2.0, variable.shape).astype("float32"))
+    converted = bn.convert(original)
+    assert isinstance(converted.layers[-1], layers.BatchNorm)
+    images = data(4, shape=(6, 6, 3))
+    for training in (False, True):
+        np.testing.assert_allclose(
+            np.asarray(converted(images, training=training)),
+            np.asarray(original(images, training=training)),
+            rtol=1e-5, atol=1e-5, err_msg=f"training={training}",
+        )
+    # One training call moved both layers' statistics the same way.
+    for ours, theirs in zip(converted.layers[-1].non_trainable_variables, norm.non_trainable_variables):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def normalize_then_convolve():
