@@ -89,6 +89,11 @@ class BatchNorm(AffineNormalization):
       (`jit_compile=True`) and when synchronized, the formula with its
       closed-form gradient (which XLA fuses better than its own batch-norm
       op, and which a synchronized layer gets with one collective each way).
+      On Keras' other backends (JAX) the layer computes the same formula
+      with `keras.ops` and the backend differentiates it, with the same
+      guarantees (accuracy when |mean| >> std, masks, renorm, float32
+      statistics); `synchronized=True` needs TensorFlow (a ValueError
+      elsewhere, as in Keras).
     - A channel whose batch mean or variance is not finite leaves its moving
       statistics unchanged (and, with renorm, is not corrected).
     - A training batch of one example is normalized over its spatial
