@@ -220,7 +220,7 @@ def _jax_train_step(model, optimizer, loss_function):
 
 def conv_net(batch_norm, image_size, num_classes):
     """The small conv net in which batch normalization layers are compared
-    (P2, P9, scripts/gpu_check.py): four 3x3 convolutions (32, 64, 64, 128
+    (P2, P10, scripts/gpu_check.py): four 3x3 convolutions (32, 64, 64, 128
     filters; strides 1, 2, 1, 2), each followed by `batch_norm()` and a
     ReLU, global average pooling and a dense classifier, on `image_size`
     RGB images."""

@@ -24,7 +24,7 @@ benchmark.json (the numbers, the flags and the machine) to --output_dir:
       of residual blocks: least-squares line, R^2, residuals     target R^2 >= 0.95
   P8  inference with the replicas' average moving statistics / each
       replica's own (MirroredStrategy, 2 logical CPUs)          target <= 1.02
-  P9  normzoo BatchNorm / keras BatchNormalization step time under Keras'
+  P10 normzoo BatchNorm / keras BatchNormalization step time under Keras'
       JAX backend (jax.jit), P2's conv net, in a subprocess      target <= 1.05
 
 Ratios come from candidates timed in alternating rounds in the same process

@@ -16,7 +16,7 @@ from normzoo.benchmarks import (
     p6_flops,
     p7_depth,
     p8_replica_statistics,
-    p9_jax_batch_norm,
+    p10_jax_batch_norm,
 )
 
 FIGURES = (
@@ -27,7 +27,7 @@ FIGURES = (
     p2_batch_norm.FIGURE,
     p4_synchronized_bn.FIGURE,
     p8_replica_statistics.FIGURE,
-    p9_jax_batch_norm.FIGURE,
+    p10_jax_batch_norm.FIGURE,
     p7_depth.FIGURE,
     onednn.FIGURE,
 )

@@ -13,11 +13,7 @@ dataset, scikit-learn's handwritten digits, with TFDS as "digits"
 (`Digits`), so `tfds.load("digits")` works too.
 """
 
-from normzoo import backends
-
-backends.require_tensorflow("normzoo.data (tf.data and TFDS input pipelines)")
-
-from normzoo.data import preprocessing  # noqa: E402
+from normzoo.data import preprocessing
 from normzoo.data.digits import Digits
 from normzoo.data.pipeline import (
     DataInfo,

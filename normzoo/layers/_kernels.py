@@ -13,7 +13,7 @@ backend and are imported only where that backend runs:
 - JAX and PyTorch: the composed formula (`composed_training`), which they
   differentiate themselves. Under jax.jit its gradient follows the float64
   textbook formula at mean 1e4, std 1e-2 as the closed form does
-  (tests/jax/test_layers.py); benchmark P9 compares its training step
+  (tests/jax/test_layers.py); benchmark P10 compares its training step
   with Keras' own BatchNormalization under JAX. There is no strategy to
   synchronize over.
 """

@@ -1,10 +1,6 @@
 """Training: strategies, XLA step forms, the loop behind scripts/train.py and
 scripts/finetune.py, and fine-tuning from pretrained checkpoints."""
 
-from normzoo import backends
-
-backends.require_tensorflow("normzoo.training (the tf.distribute training loop, scripts/train.py)")
-
 from normzoo.training.distribute import STRATEGIES, XLA_FORMS, choose_xla_form, make_strategy
 from normzoo.training.finetune import Initialization, evaluate_batch_dependence
 from normzoo.training.loop import (

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from normzoo import backends, checkpoints, models, naming
+from normzoo import backends, checkpoints, data, models, naming, training
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -131,3 +131,15 @@ def test_tensorflow_checkpoints_name_the_tensorflow_backend(tmp_path):
     (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
     with pytest.raises(backends.BackendError, match="TensorFlow backend.*KERAS_BACKEND=tensorflow"):
         checkpoints.restore(tiny_model("batch"), tmp_path)
+
+
+def test_the_tensorflow_training_loop_and_input_pipeline_name_the_tensorflow_backend():
+    model = tiny_model("batch")
+    calls = [
+        lambda: training.TrainStep(model, keras.optimizers.SGD(), None, 8, jit_compile=False),
+        lambda: training.make_strategy("default"),
+        lambda: data.load("digits", "train", global_batch_size=8, training=True),
+    ]
+    for call in calls:
+        with pytest.raises(backends.BackendError, match="TensorFlow backend.*KERAS_BACKEND=tensorflow"):
+            call()

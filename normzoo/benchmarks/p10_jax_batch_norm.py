@@ -1,4 +1,4 @@
-"""P9: normzoo's `BatchNorm` against `keras.layers.BatchNormalization` under
+"""P10: normzoo's `BatchNorm` against `keras.layers.BatchNormalization` under
 Keras' JAX backend, training step for step under `jax.jit`.
 
 The conv net and batch of P2 (`p2_batch_norm.conv_net`, P2's `layers_*`
@@ -22,7 +22,7 @@ def measure(settings, shared):
     result = subprocess_run.call(measure_in_process, settings, {"KERAS_BACKEND": "jax"})
     return FigureResult([
         measurement(
-            "P9",
+            "P10",
             "conv net step time under JAX jit, normzoo BatchNorm / keras BatchNormalization",
             result.pop("ratio"), "ratio", "<= 1.05", **result,
         )
@@ -30,10 +30,10 @@ def measure(settings, shared):
 
 
 def measure_in_process(settings):
-    """P9's timings, in a process whose Keras backend is JAX."""
+    """P10's timings, in a process whose Keras backend is JAX."""
     if keras.backend.backend() != "jax":
         raise RuntimeError(
-            f"P9 measures under Keras' JAX backend; this process runs "
+            f"P10 measures under Keras' JAX backend; this process runs "
             f"{keras.backend.backend()!r}. Run it through subprocess_run.call with KERAS_BACKEND=jax."
         )
     times = p2_batch_norm.compare_case(p2_batch_norm.CASES["conv_net"], "xla", settings)
@@ -57,4 +57,4 @@ def note(m):
             f"{d['ratio_range_over_rounds'][1]:.3f}")
 
 
-FIGURE = Figure("P9", measure, note)
+FIGURE = Figure("P10", measure, note)
