@@ -18,6 +18,9 @@ NUM_LOGICAL_CPUS = 2
 if keras.backend.backend() == "tensorflow":
     import tensorflow as tf
 
+    # tests/jax/ runs in a JAX process of its own (tests/test_backends.py).
+    collect_ignore = ["jax"]
+
     _cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         _cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS
