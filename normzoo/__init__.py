@@ -1,4 +1,4 @@
-"""normzoo: normalization in residual networks, for Keras 3 on TensorFlow.
+"""normzoo: normalization in residual networks, for Keras 3 (TensorFlow or JAX).
 
     model = normzoo.models.build("wrn_28_10", norm="skipinit", num_classes=10)
     model = normzoo.build("resnet50", weights="resnet50_weights_tf_dim_ordering_tf_kernels.h5")
@@ -16,6 +16,7 @@ across one level. No import hides inside a function to get around this:
 tests/test_architecture.py parses every import and holds the code to it.
 
     experiments.py       grids of training runs and their result tables
+    gpu_check.py         the one-shot GPU check under JAX (scripts/gpu_check.py)
     benchmarks/          one module per figure of scripts/benchmark.py,
                          and the renderer of BENCHMARKS.md
     training/            the training loop behind scripts/train.py and
@@ -36,10 +37,14 @@ tests/test_architecture.py parses every import and holds the code to it.
     _keras_graph.py      walking and rebuilding any Keras model (the Keras
                          graph internals this needs, each wrapped once)
     runtime.py           facts about the running TensorFlow (oneDNN)
+    backends.py          the Keras backend of the process, and the error
+                         of the TensorFlow-only features on another one
 
-The levels, bottom first: naming, runtime, _keras_graph; layers, data;
-models; checkpoints, bn, benchmarking; training; experiments, benchmarks; this file
-(`import normzoo` gives data, layers, models, bn, checkpoints). scripts/
+The levels, bottom first: naming, runtime, _keras_graph, backends; layers, data;
+models; checkpoints, bn, benchmarking; training; experiments, benchmarks, gpu_check; this file
+(`import normzoo` gives layers, models, bn, checkpoints, and data on first
+use: it is TensorFlow's input pipeline, and `import normzoo` needs no
+TensorFlow). scripts/
 stands on top of them all: absl-flag entry points that parse flags and
 call the library. A private Keras or TensorFlow API is used only where no
 public one exists, in one small function whose comment names the version
@@ -48,7 +53,17 @@ it was checked against (Keras 3.15.1, TF 2.21).
 
 __version__ = "0.1.0"
 
-from normzoo import data, layers  # noqa: E402,F401
+import importlib  # noqa: E402
+
+from normzoo import layers  # noqa: E402,F401
 from normzoo import models  # noqa: E402,F401
 from normzoo import bn, checkpoints  # noqa: E402,F401
 from normzoo.checkpoints.build import build  # noqa: E402,F401
+
+
+def __getattr__(name):
+    # `normzoo.data` (tf.data and TFDS) is imported when first used, so that
+    # normzoo runs on Keras' other backends without TensorFlow installed.
+    if name == "data":
+        return importlib.import_module("normzoo.data")
+    raise AttributeError(f"module 'normzoo' has no attribute {name!r}")

@@ -14,6 +14,11 @@ this machine's float32 matrix multiply achieves: together they say how much
 of the machine a training step uses. `machine` describes what a figure was
 measured on. The figures of scripts/benchmark.py (`normzoo.benchmarks`)
 are built on these.
+
+Steps, timing and `machine` work under Keras' TensorFlow and JAX backends
+(under JAX a step is `jax.jit` of Keras' stateless calls, what `Model.fit`
+compiles); the FLOP counts of TensorFlow's profiler and its matmul are
+TensorFlow's.
 """
 
 import dataclasses
@@ -24,9 +29,14 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from normzoo import backends
 from normzoo._keras_graph import call_shapes, leaf_layers
+
+if backends.TENSORFLOW:
+    import tensorflow as tf
+if backends.BACKEND == "jax":
+    import jax
 
 # Environment variables that change how fast TensorFlow runs on a CPU.
 SPEED_ENVIRONMENT = (
@@ -43,8 +53,10 @@ MODES = ("eager", "graph", "xla")
 
 def wait(result):
     """Blocks until every tensor in the nested `result` is computed."""
-    for value in tf.nest.flatten(result):
-        if hasattr(value, "numpy"):
+    for value in keras.tree.flatten(result):
+        if hasattr(value, "block_until_ready"):  # a JAX array
+            value.block_until_ready()
+        elif hasattr(value, "numpy"):
             value.numpy()
     return result
 
@@ -120,15 +132,18 @@ def train_step(model, mode, learning_rate=0.01):
 
     `mode` is "eager" (the Python function), "graph" (`tf.function`) or
     "xla" (`tf.function(jit_compile=True)`). The same code trains every
-    model a benchmark compares.
+    model a benchmark compares. Under JAX the mode is "xla" (`jax.jit`),
+    and the step trains a copy of the model's variables (the model's own
+    are unchanged).
     """
-    if mode not in MODES:
-        raise ValueError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
+    _check_mode(mode)
     optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
     # Creating the optimizer's variables while tracing would make
     # tf.function trace the step twice.
     optimizer.build(model.trainable_variables)
     loss_function = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if not backends.TENSORFLOW:
+        return _jax_train_step(model, optimizer, loss_function)
 
     def step(images, labels):
         with tf.GradientTape() as tape:
@@ -145,8 +160,12 @@ def train_step(model, mode, learning_rate=0.01):
 def inference_step(model, mode):
     """`model(images, training=False)` as a function of `images`, in
     `mode` (see `train_step`)."""
-    if mode not in MODES:
-        raise ValueError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
+    _check_mode(mode)
+    if not backends.TENSORFLOW:
+        variables = [[v.value for v in model.trainable_variables],
+                     [v.value for v in model.non_trainable_variables]]
+        infer = jax.jit(lambda variables, images: model.stateless_call(*variables, images)[0])
+        return lambda images: infer(variables, images)
 
     def step(images):
         return model(images, training=False)
@@ -156,12 +175,71 @@ def inference_step(model, mode):
     return tf.function(step, jit_compile=(mode == "xla"))
 
 
+def _check_mode(mode):
+    modes = MODES if backends.TENSORFLOW else ("xla",)
+    if mode not in modes:
+        raise ValueError(
+            f"Unknown mode {mode!r} under Keras' {backends.BACKEND} backend; choose one of "
+            f"{', '.join(modes)}."
+        )
+
+
+def _jax_train_step(model, optimizer, loss_function):
+    """`train_step` under JAX: one `jax.jit` function of the variables'
+    values, which the returned step keeps and updates."""
+
+    def loss(trainable, non_trainable, images, labels):
+        logits, non_trainable = model.stateless_call(trainable, non_trainable, images, training=True)
+        return loss_function(labels, logits), non_trainable
+
+    gradient = jax.value_and_grad(loss, has_aux=True)
+
+    @jax.jit
+    def update(state, images, labels):
+        trainable, non_trainable, optimizer_variables = state
+        (value, non_trainable), gradients = gradient(trainable, non_trainable, images, labels)
+        trainable, optimizer_variables = optimizer.stateless_apply(
+            optimizer_variables, gradients, trainable
+        )
+        return value, (trainable, non_trainable, optimizer_variables)
+
+    state = [
+        (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            [v.value for v in optimizer.variables],
+        )
+    ]
+
+    def step(images, labels):
+        value, state[0] = update(state[0], images, labels)
+        return value
+
+    return step
+
+
+def conv_net(batch_norm, image_size, num_classes):
+    """The small conv net in which batch normalization layers are compared
+    (P2, P10, scripts/gpu_check.py): four 3x3 convolutions (32, 64, 64, 128
+    filters; strides 1, 2, 1, 2), each followed by `batch_norm()` and a
+    ReLU, global average pooling and a dense classifier, on `image_size`
+    RGB images."""
+    inputs = keras.Input((image_size, image_size, 3))
+    x = inputs
+    for filters, stride in ((32, 1), (64, 2), (64, 1), (128, 2)):
+        x = keras.layers.Conv2D(filters, 3, stride, padding="same", use_bias=False)(x)
+        x = batch_norm()(x)
+        x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+
 def random_batch(batch_size, image_size, num_classes, seed=0):
     """Standard-normal images and uniform labels, as tensors."""
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((batch_size, image_size, image_size, 3)).astype("float32")
     labels = rng.integers(0, num_classes, batch_size)
-    return tf.constant(images), tf.constant(labels)
+    return keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(labels)
 
 
 def forward_multiply_adds(model):
@@ -223,6 +301,7 @@ def profiled_float_ops(model, input_shape, op_types=("Conv2D", "MatMul")):
     graph of one example's forward pass (`model(x, training=False)`), by op
     type, for the op types in `op_types` (None: all). A multiply-add counts
     as two operations."""
+    backends.require_tensorflow("TensorFlow's profiler (profiled_float_ops)")
     function = tf.function(lambda images: model(images, training=False))
     concrete = function.get_concrete_function(tf.TensorSpec((1, *input_shape), tf.float32))
     profiler = tf.compat.v1.profiler
@@ -246,6 +325,7 @@ def matmul_flops_per_second(size=2048, chain=4, trials=5):
     """The float32 FLOP/s of this machine's matrix multiply: the best of
     `trials` runs of a `tf.function` multiplying `chain` times by a
     `size` x `size` matrix (2 * size**3 operations each)."""
+    backends.require_tensorflow("matmul_flops_per_second")
     rng = np.random.default_rng(0)
     matrix = tf.constant((rng.standard_normal((size, size)) / np.sqrt(size)).astype("float32"))
     start_value = tf.constant(rng.standard_normal((size, size)).astype("float32"))
@@ -305,12 +385,22 @@ def machine():
         "memory_gib": round(memory_kib / 2**20, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        "keras_backend": backends.BACKEND,
+        "tensorflow": tf.__version__ if backends.TENSORFLOW else None,
+        "jax": jax.__version__ if backends.BACKEND == "jax" else None,
         "keras": keras.__version__,
-        "gpus": [device.name for device in tf.config.list_physical_devices("GPU")],
+        "gpus": _gpus(),
         "environment": {name: os.environ.get(name, "(unset)") for name in SPEED_ENVIRONMENT},
         "load_average": [round(load, 2) for load in os.getloadavg()],
     }
+
+
+def _gpus():
+    if backends.TENSORFLOW:
+        return [device.name for device in tf.config.list_physical_devices("GPU")]
+    if backends.BACKEND == "jax":
+        return [str(device) for device in jax.devices() if device.platform == "gpu"]
+    return []
 
 
 def _read(path):

@@ -17,10 +17,13 @@ import dataclasses
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from normzoo import _keras_graph
+from normzoo.backends import TENSORFLOW
 from normzoo.layers import BatchNorm, BatchNormalization, LayerNorm, LayerNormalization
+
+if TENSORFLOW:
+    import tensorflow as tf
 
 
 def _batch_norms(model, types=(BatchNorm, keras.layers.BatchNormalization)):
@@ -294,7 +297,11 @@ def recalibrate(model, dataset, num_batches=None, *, batch_size=None):
             no array or tensor.
         RuntimeError: called inside `strategy.run`.
     """
-    if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+    if (
+        TENSORFLOW
+        and tf.distribute.has_strategy()
+        and not tf.distribute.in_cross_replica_context()
+    ):
         raise RuntimeError(
             "recalibrate was called inside strategy.run (a replica context); call it from "
             "cross-replica code, outside strategy.run: it sets every replica's statistics."
@@ -317,11 +324,16 @@ def recalibrate(model, dataset, num_batches=None, *, batch_size=None):
         traced.setdefault(index_of[id(layer)], []).append(_channel_moments(layer, inputs))
         return call(inputs, *args, **{**kwargs, "training": True})
 
-    @tf.function(reduce_retracing=True)
     def batch_moments(inputs):
         traced.clear()
         model(inputs, training=True)
         return dict(traced)
+
+    # On TensorFlow one traced function serves every batch. Other backends
+    # run the model eagerly: its statistics are recorded as it runs (jax.jit
+    # would have to return the moving statistics it updates as outputs).
+    if TENSORFLOW:
+        batch_moments = tf.function(batch_moments, reduce_retracing=True)
 
     saved_values = [variable.numpy() for variable in model.variables]
     saved_flags = [(layer.trainable, getattr(layer, "frozen_stats", None)) for layer in norms]
@@ -340,7 +352,7 @@ def recalibrate(model, dataset, num_batches=None, *, batch_size=None):
                 for index, calls in batch_moments(inputs).items():
                     for count, mean, variance in calls:
                         totals[index] = _merge(
-                            totals[index], int(count), mean.numpy(), variance.numpy()
+                            totals[index], int(count), np.asarray(mean), np.asarray(variance)
                         )
                 examples += int(keras.ops.shape(keras.tree.flatten(inputs)[0])[0])
                 batches += 1
@@ -387,13 +399,13 @@ def _set_statistics(layer, mean, variance):
 def _channel_moments(layer, features):
     """(elements per channel, mean, biased variance) of a BatchNorm input
     over every axis but the layer's channel axis, in float32."""
-    features = tf.cast(features, tf.float32)
+    features = keras.ops.cast(features, "float32")
     axis = _axis(layer, len(features.shape))
     reduction_axes = [a for a in range(len(features.shape)) if a != axis]
-    count = tf.size(features) // tf.shape(features)[axis]
-    mean = tf.reduce_mean(features, reduction_axes)
+    count = keras.ops.size(features) // keras.ops.shape(features)[axis]
+    mean = keras.ops.mean(features, reduction_axes)
     # Two passes (deviations from the mean), as BatchNorm computes it.
-    variance = tf.math.reduce_variance(features, reduction_axes)
+    variance = keras.ops.var(features, reduction_axes)
     return count, mean, variance
 
 

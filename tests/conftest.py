@@ -17,14 +17,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # is unused: it is made unimportable, and torch then does without it.
 sys.modules.setdefault("triton", None)
 
-import tensorflow as tf  # noqa: E402
+import keras  # noqa: E402
 
 NUM_LOGICAL_CPUS = 2
 
-_cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(
-    _cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS
-)
+# Under another Keras backend (tests/test_backends.py runs the backend-agnostic
+# tests under JAX in a process of their own) TensorFlow is not needed.
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+
+    # tests/jax/ runs in a JAX process of its own (tests/test_backends.py).
+    collect_ignore = ["jax"]
+
+    _cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        _cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS
+    )
 
 
 import pytest  # noqa: E402

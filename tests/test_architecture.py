@@ -19,12 +19,12 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "normzoo"
 # The levels, bottom first; each entry is a package or module of normzoo.
 LEVELS = (
     # Rules and helpers that import nothing from normzoo.
-    ("normzoo.naming", "normzoo.runtime", "normzoo._keras_graph"),
+    ("normzoo.naming", "normzoo.runtime", "normzoo._keras_graph", "normzoo.backends"),
     ("normzoo.layers", "normzoo.data"),
     ("normzoo.models",),
     ("normzoo.checkpoints", "normzoo.bn", "normzoo.benchmarking"),
     ("normzoo.training",),
-    ("normzoo.experiments", "normzoo.benchmarks"),
+    ("normzoo.experiments", "normzoo.benchmarks", "normzoo.gpu_check"),
     # The package's face, normzoo/__init__.py: what `import normzoo` gives.
     ("normzoo",),
 )

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 _SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
-FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9")
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")
 P2_MODELS = {
     "conv_net": "conv net step time, normzoo BatchNorm / keras BatchNormalization",
     "conv_net_renorm": "conv net step time, normzoo BatchNorm(renorm=True) / keras BatchNormalization(renorm=True)",
@@ -45,7 +45,7 @@ def test_every_figure_is_measured_with_finite_values(record):
         assert math.isfinite(measurement["value"]), measurement
         assert isinstance(measurement["met"], bool)
         assert measurement["name"] in markdown
-    assert sorted(by_figure) == list(FIGURES)
+    assert sorted(by_figure) == sorted(FIGURES)
     assert len(by_figure["P5"]) == 2  # restore and build
     assert record["config"]["quick"] is True
 
@@ -57,6 +57,15 @@ def test_the_machine_is_stated(record):
     assert machine["tensorflow"] in markdown and machine["keras"] in markdown
     assert "TF_ENABLE_ONEDNN_OPTS=" in markdown
     assert machine["cpu"] in markdown
+
+
+def test_p10_times_both_layers_under_jax(record):
+    record, _ = record
+    (p10,) = [m for m in record["measurements"] if m["figure"] == "P10"]
+    details = p10["details"]
+    assert details["machine"]["keras_backend"] == "jax" and details["machine"]["jax"]
+    assert details["normzoo_step_ms"] > 0 and details["keras_step_ms"] > 0
+    assert p10["value"] == pytest.approx(details["normzoo_step_ms"] / details["keras_step_ms"])
 
 
 def test_folded_resnet50_computes_what_the_unfolded_one_does(record):

@@ -17,6 +17,7 @@ from normzoo.benchmarks import (
     p7_depth,
     p8_replica_statistics,
     p9_main_job,
+    p10_jax_batch_norm,
 )
 
 FIGURES = (
@@ -28,6 +29,7 @@ FIGURES = (
     p4_synchronized_bn.FIGURE,
     p8_replica_statistics.FIGURE,
     p9_main_job.FIGURE,
+    p10_jax_batch_norm.FIGURE,
     p7_depth.FIGURE,
     onednn.FIGURE,
 )

@@ -43,19 +43,8 @@ BATCH_NORMS = {"normzoo": BatchNorm, "keras": keras.layers.BatchNormalization}
 
 
 def conv_net(batch_norm, settings):
-    """The small conv net in which batch normalization layers are compared:
-    four 3x3 convolutions (32, 64, 64, 128 filters; strides 1, 2, 1, 2), each
-    followed by `batch_norm()` and a ReLU, global average pooling and a
-    dense classifier, on `settings.layers_image_size` RGB images."""
-    size = settings.layers_image_size
-    inputs = keras.Input((size, size, 3))
-    x = inputs
-    for filters, stride in ((32, 1), (64, 2), (64, 1), (128, 2)):
-        x = keras.layers.Conv2D(filters, 3, stride, padding="same", use_bias=False)(x)
-        x = batch_norm()(x)
-        x = keras.layers.ReLU()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(x))
+    """`benchmarking.conv_net` on `settings.layers_image_size` images."""
+    return benchmarking.conv_net(batch_norm, settings.layers_image_size, NUM_CLASSES)
 
 
 def conv_net_batch(settings):

@@ -47,11 +47,11 @@ class Settings:
                                       used_by=("P1", "P3", "P5", "P6", "oneDNN"))
     resnet_modes: tuple = _setting(("graph", "xla"), "Modes of P1 and P3: eager, graph (tf.function), xla.",
                                    quick=("eager",), used_by=("P1", "P3", "P6"))
-    layers_batch_size: int = _setting(32, "Batch of the conv net of P2.", quick=4, used_by=("P2",))
-    layers_image_size: int = _setting(32, "Image size of the conv net of P2.", quick=8, used_by=("P2",))
+    layers_batch_size: int = _setting(32, "Batch of the conv net of P2 and P10.", quick=4, used_by=("P2", "P10"))
+    layers_image_size: int = _setting(32, "Image size of the conv net of P2 and P10.", quick=8, used_by=("P2", "P10"))
     layers_modes: tuple = _setting(("eager", "graph", "xla"), "Modes of P2.", quick=("graph",), used_by=("P2",))
-    layers_rounds: int = _setting(11, "Alternating timing rounds of P2.", quick=1, used_by=("P2",))
-    layers_steps_per_round: int = _setting(10, "Steps timed per round in P2.", quick=2, used_by=("P2",))
+    layers_rounds: int = _setting(11, "Alternating timing rounds of P2 and P10.", quick=1, used_by=("P2", "P10"))
+    layers_steps_per_round: int = _setting(10, "Steps timed per round in P2 and P10.", quick=2, used_by=("P2", "P10"))
     layers_cases: tuple = _setting(
         tuple(p2_batch_norm.CASES),
         "Models of P2, each with normzoo's and Keras' batch normalization: "

@@ -7,13 +7,17 @@ import zipfile
 
 import h5py
 import numpy as np
-import tensorflow as tf
 
-from normzoo import naming
+from normzoo import backends, naming
 from normzoo._keras_graph import leaf_layers
-from normzoo.checkpoints import integrity, keras_files, provenance, tf_checkpoints, torch_files
+from normzoo.checkpoints import integrity, keras_files, provenance, torch_files
 from normzoo.checkpoints.report import RestoreError, RestoreReport, ShapeMismatch
 from normzoo.checkpoints.source import FORMATS
+
+if backends.TENSORFLOW:
+    import tensorflow as tf
+
+    from normzoo.checkpoints import tf_checkpoints
 
 # The kernel of a network's first convolution, whose input channels are the
 # image's: the stem's, or the first of a deep stem's.
@@ -115,9 +119,11 @@ def read(path):
     `restore`); raises `RestoreError` as `restore` does for a file it cannot
     read or that fails a check."""
     path = os.fspath(path)
+    prefix = _tf_prefix(path)
+    if os.path.isdir(path) or prefix is not None:
+        backends.require_tensorflow(f"Reading the TensorFlow checkpoint at {path}")
     if os.path.isdir(path):
         return _with_recorded_preprocessing(tf_checkpoints.read(_latest_checkpoint(path)))
-    prefix = _tf_prefix(path)
     if prefix is not None:
         return _with_recorded_preprocessing(tf_checkpoints.read(prefix))
     if not os.path.exists(path):

@@ -24,6 +24,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from normzoo import backends
 from normzoo.data import preprocessing
 from normzoo.data.digits import Digits
 
@@ -113,6 +114,7 @@ def info(name, *, data_dir=None, image_size=None, channels=None):
     ValueError if the dataset has no "train" split, or neither a "test" nor
     a "validation" split.
     """
+    backends.require_tensorflow("normzoo.data.info (TFDS datasets)")
     builder = prepared_builder(name, data_dir=data_dir)
     recipe = _recipe(builder, image_size, channels)
     splits = builder.info.splits
@@ -241,6 +243,7 @@ def load(
             global batch.
         DatasetNotPreparedError: see `prepared_builder`.
     """
+    backends.require_tensorflow("normzoo.data.load (tf.data and TFDS input pipelines)")
     in_epochs = steps_per_epoch is not None or epochs is not None
     if not training and (in_epochs or start_step):
         raise ValueError(

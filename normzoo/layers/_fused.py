@@ -17,7 +17,7 @@ elementwise ops and reductions. Two adjustments keep normzoo's guarantees:
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
-from normzoo.layers._statistics import shifted_moments
+from normzoo.layers._statistics import shifted_moments, standardized
 
 DATA_FORMATS = {3: "NHWC", 1: "NCHW"}
 
@@ -121,9 +121,9 @@ def batch_norm_training_composed(x, gamma, beta, epsilon, axes, shape, mask=None
     @tf.custom_gradient
     def normalize(x, gamma, beta):
         count, shift, deviation, residual, variance = shifted_moments(x, axes, mask)
-        inverse_std = tf.math.rsqrt(variance + epsilon)
-        scale = tf.reshape(gamma, shape) * inverse_std
-        outputs = deviation * scale + (tf.reshape(beta, shape) - residual * scale)
+        outputs, inverse_std, scale = standardized(
+            deviation, residual, variance, gamma, beta, epsilon, shape
+        )
         divisor = tf.maximum(count, 1.0)
 
         def gradient(d_outputs, d_mean, d_variance, d_count):

@@ -104,6 +104,18 @@ def shifted_moments(x, axes, mask=None):
     return count, shift, deviation, residual, variance
 
 
+def standardized(deviation, residual, variance, gamma, beta, epsilon, shape):
+    """`(outputs, inverse_std, scale)` of batch normalization from the
+    pieces of `shifted_moments`: outputs = deviation * scale + (beta -
+    residual * scale), scale = gamma * inverse_std, with `gamma` and `beta`
+    reshaped to `shape`. Written in the deviations, so that nothing of the
+    size of |mean| is rounded."""
+    inverse_std = ops.rsqrt(variance + epsilon)
+    scale = ops.reshape(gamma, shape) * inverse_std
+    outputs = deviation * scale + (ops.reshape(beta, shape) - residual * scale)
+    return outputs, inverse_std, scale
+
+
 def moments(x, axes, mask=None):
     """`(mean, variance, centered)` of `x` over `axes` (keepdims), where
     `centered` = x - mean, computed without rounding `mean` first; with a

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import keras
 from keras import initializers, ops
 
-from normzoo.layers import _distributed_moments, _fused
+from normzoo.layers import _kernels
 from normzoo.layers._affine import AffineNormalization
 from normzoo.layers._statistics import (
     broadcast_shape,
@@ -90,6 +90,11 @@ class BatchNorm(AffineNormalization):
       (`jit_compile=True`) and when synchronized, the formula with its
       closed-form gradient (which XLA fuses better than its own batch-norm
       op, and which a synchronized layer gets with one collective each way).
+      On Keras' other backends (JAX) the layer computes the same formula
+      with `keras.ops` and the backend differentiates it, with the same
+      guarantees (accuracy when |mean| >> std, masks, renorm, float32
+      statistics); `synchronized=True` needs TensorFlow (a ValueError
+      elsewhere, as in Keras).
     - A channel whose batch mean or variance is not finite leaves its moving
       statistics unchanged (and, with renorm, is not corrected).
     - A training batch of one example is normalized over its spatial
@@ -263,8 +268,7 @@ class BatchNorm(AffineNormalization):
         self._feature_axis = feature_axis
         self._reduction_axes = [a for a in range(ndim) if a != feature_axis]
         self._broadcast_shape = broadcast_shape(input_shape, (feature_axis,))
-        # The fused kernel serves 4-D channels-last or channels-first input.
-        self._fused_data_format = _fused.DATA_FORMATS.get(feature_axis) if ndim == 4 else None
+        self._fused_data_format = _kernels.fused_data_format(feature_axis, ndim)
         dtype = statistics_dtype(self.variable_dtype)
         shape = (channels,)
         self.build_affine(shape, dtype)
@@ -332,7 +336,7 @@ class BatchNorm(AffineNormalization):
 
     def _train_forward(self, x, mask):
         """Normalizes with the batch's statistics and updates the moving ones."""
-        context = _distributed_moments.sync_replica_context() if self.synchronized else None
+        context = _kernels.sync_replica_context() if self.synchronized else None
         if mask is not None:
             mask = self._statistics_mask(mask, x)
         ones = ops.ones(self.moving_mean.shape, x.dtype)
@@ -354,25 +358,17 @@ class BatchNorm(AffineNormalization):
             # The global batch's moments exist only inside the synchronized
             # kernel: it standardizes, and the correction follows.
             renorm_gamma, renorm_beta, gamma, beta = gamma, beta, ones, ops.zeros_like(ones)
-        if context is not None:
-            outputs, mean, variance, count = _distributed_moments.batch_norm_training(
-                x,
-                gamma,
-                beta,
-                self.epsilon,
-                self._reduction_axes,
-                self._broadcast_shape,
-                context,
-                mask,
-            )
-        elif self._fused_data_format and mask is None and not _fused.in_xla_context():
-            outputs, mean, variance, count = _fused.batch_norm_training(
-                x, gamma, beta, self.epsilon, self._fused_data_format
-            )
-        else:
-            outputs, mean, variance, count = _fused.batch_norm_training_composed(
-                x, gamma, beta, self.epsilon, self._reduction_axes, self._broadcast_shape, mask
-            )
+        outputs, mean, variance, count = _kernels.batch_norm_training(
+            x,
+            gamma,
+            beta,
+            self.epsilon,
+            self._reduction_axes,
+            self._broadcast_shape,
+            mask=mask,
+            data_format=self._fused_data_format,
+            context=context,
+        )
         if correct_after:
             scale, offset = self._renormalized(renorm_gamma, renorm_beta, mean, variance)
             outputs = outputs * self._reshape(scale) + self._reshape(offset)
@@ -418,8 +414,10 @@ class BatchNorm(AffineNormalization):
         `observed` (the batch had values there, and finite statistics)."""
 
         def follow(statistic, batch, momentum):
-            updated = statistic * momentum + ops.stop_gradient(batch) * (1.0 - momentum)
-            updated = ops.where(observed, updated, statistic)
+            # A value: JAX's `where` refuses a Keras variable.
+            old = ops.convert_to_tensor(statistic)
+            updated = old * momentum + ops.stop_gradient(batch) * (1.0 - momentum)
+            updated = ops.where(observed, updated, old)
             statistic.assign(updated)
             return updated
 
@@ -433,7 +431,9 @@ class BatchNorm(AffineNormalization):
         follow(self.moving_mean, mean, self.momentum)
         moving_stddev = follow(self.moving_stddev, stddev, self.momentum)
         moving_variance = ops.relu(ops.square(moving_stddev) - self.epsilon)
-        self.moving_variance.assign(ops.where(observed, moving_variance, self.moving_variance))
+        self.moving_variance.assign(
+            ops.where(observed, moving_variance, ops.convert_to_tensor(self.moving_variance))
+        )
 
     def call(self, inputs, training=None, mask=None):
         if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
@@ -458,10 +458,10 @@ class BatchNorm(AffineNormalization):
         # own shard), so there they are averaged; a synchronized layer
         # updates every copy with the global batch's statistics, so its
         # copies are equal and its own is the average.
-        context = None if self.synchronized else _distributed_moments.sync_replica_context()
+        context = None if self.synchronized else _kernels.sync_replica_context()
         if context is None:
             return self.moving_mean, self.moving_variance
-        return _distributed_moments.replica_mean(context, [self.moving_mean, self.moving_variance])
+        return _kernels.replica_mean(context, [self.moving_mean, self.moving_variance])
 
     def compute_output_shape(self, input_shape):
         return input_shape

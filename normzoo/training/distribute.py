@@ -19,6 +19,8 @@ import os
 import tensorflow as tf
 from tensorflow.python.distribute import distribute_lib
 
+from normzoo import backends
+
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 XLA_FORMS = {
@@ -40,6 +42,7 @@ def make_strategy(name, tpu_address=None):
     `mirrored` uses every local GPU, or every logical CPU device when there is
     no GPU; `default` runs on one device.
     """
+    backends.require_tensorflow("make_strategy (tf.distribute strategies)")
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":

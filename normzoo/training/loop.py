@@ -59,6 +59,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from normzoo import backends
 from normzoo import bn, checkpoints, data, models, runtime
 from normzoo.naming import NORMS
 from normzoo.training import distribute, finetune
@@ -444,6 +445,7 @@ def train(config, *, strategy=None):
             variables), before anything is trained or written.
         TrainingDiverged: the loss became non-finite.
     """
+    backends.require_tensorflow("normzoo.training.train (the tf.distribute training loop)")
     config.validate()
     strategy = strategy or distribute.make_strategy(config.strategy, config.tpu)
     config, plan = _plan(config, strategy)

@@ -8,6 +8,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.python.eager import context as eager_context
 
+from normzoo import backends
 from normzoo.training.distribute import XLA_FORMS, choose_xla_form
 
 
@@ -47,6 +48,7 @@ class TrainStep:
     """
 
     def __init__(self, model, optimizer, strategy, global_batch_size, jit_compile):
+        backends.require_tensorflow("TrainStep (a tf.distribute training step)")
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
@@ -149,6 +151,7 @@ class EvalStep:
     """
 
     def __init__(self, model, strategy, batch_statistics=False):
+        backends.require_tensorflow("EvalStep (a tf.distribute evaluation step)")
         self.model = model
         self.strategy = strategy
         self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)

@@ -1,26 +1,19 @@
 """normzoo.layers.BatchNorm on one device, against NumPy and Keras."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from normzoo.layers import BatchNorm, LayerNorm
+from tests import references
+from tests.references import batch_moments as numpy_batch_moments
+from tests.references import batch_norm_gradients as numpy_batch_norm_gradients
 
 EPSILON = 1e-3
-
-
-def numpy_batch_norm(x, mean, variance, gamma, beta, axis, epsilon=EPSILON):
-    shape = [1] * x.ndim
-    shape[axis] = -1
-    mean, variance, gamma, beta = (np.reshape(v, shape) for v in (mean, variance, gamma, beta))
-    return gamma * (x - mean) / np.sqrt(variance + epsilon) + beta
-
-
-def numpy_batch_moments(x, axis):
-    axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
-    x64 = x.astype(np.float64)
-    return x64.mean(axis=axes), x64.var(axis=axes)  # biased variance
+numpy_batch_norm = functools.partial(references.batch_norm, epsilon=EPSILON)
 
 
 def built_layer(input_shape, seed=0, **kwargs):
@@ -401,24 +394,6 @@ def test_xla_training_step_equals_eager_step():
     assert "convolution" in hlo and ("rsqrt" in hlo or "batch-norm-training" in hlo)
     for eager_weight, xla_weight in zip(eager_model.get_weights(), xla_model.get_weights()):
         np.testing.assert_allclose(xla_weight, eager_weight, atol=1e-5, rtol=1e-5)
-
-
-def numpy_batch_norm_gradients(x, gamma, d_outputs, epsilon, axis):
-    """Gradients of sum(d_outputs * BN(x)) w.r.t. x, gamma and beta, by the
-    textbook formula (Ioffe & Szegedy 2015, section 3), in float64."""
-    x, d_outputs = x.astype(np.float64), d_outputs.astype(np.float64)
-    axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
-    shape = [x.shape[a] if a not in axes else 1 for a in range(x.ndim)]
-    mean, variance = x.mean(axes, keepdims=True), x.var(axes, keepdims=True)
-    normalized = (x - mean) / np.sqrt(variance + epsilon)
-    d_normalized = d_outputs * gamma.reshape(shape)
-    count = x.size / gamma.size
-    d_variance = (d_normalized * (x - mean)).sum(axes, keepdims=True) * -0.5 * (variance + epsilon) ** -1.5
-    d_mean = -(d_normalized / np.sqrt(variance + epsilon)).sum(axes, keepdims=True) - 2 * d_variance * (
-        x - mean
-    ).mean(axes, keepdims=True)
-    d_x = d_normalized / np.sqrt(variance + epsilon) + d_variance * 2 * (x - mean) / count + d_mean / count
-    return d_x, (d_outputs * normalized).sum(axes), d_outputs.sum(axes)
 
 
 def training_gradients(layer, d_outputs):

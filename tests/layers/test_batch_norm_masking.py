@@ -8,15 +8,21 @@ on the last axis, and in training only the values where it is True enter the
 batch statistics, while every value is normalized with them.
 """
 
+import functools
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from normzoo.layers import BatchNorm
+from tests import references
+from tests.references import feature_shape, reduction_axes, selection
+from tests.references import masked_moments as numpy_masked_moments
 
 EPSILON = 1e-3
 MOMENTUM = 0.8
+numpy_normalize = functools.partial(references.batch_norm, epsilon=EPSILON)
 
 # name: (input shape, feature axis, mask shape)
 CASES = {
@@ -29,38 +35,6 @@ CASES = {
     # Keras' test_masked_broadcast_normalization: size 1 broadcasts.
     "broadcast": ((2, 3, 4, 5), -1, (2, 3, 1)),
 }
-
-
-def selection(mask, shape):
-    """Keras' rule: the mask expanded on the last axis, broadcast to the input."""
-    return np.broadcast_to(np.expand_dims(np.asarray(mask, bool), -1), shape)
-
-
-def reduction_axes(ndim, axis):
-    return tuple(a for a in range(ndim) if a != axis % ndim)
-
-
-def numpy_masked_moments(x, mask, axis):
-    """Mean and biased variance per feature of the selected values (float64)."""
-    selected = selection(mask, x.shape)
-    axes = reduction_axes(x.ndim, axis)
-    x = x.astype(np.float64)
-    count = selected.sum(axes, keepdims=True)
-    mean = np.where(selected, x, 0.0).sum(axes, keepdims=True) / count
-    variance = np.where(selected, (x - mean) ** 2, 0.0).sum(axes, keepdims=True) / count
-    return mean.reshape(-1), variance.reshape(-1)
-
-
-def feature_shape(ndim, axis):
-    shape = [1] * ndim
-    shape[axis] = -1
-    return shape
-
-
-def numpy_normalize(x, mean, variance, gamma, beta, axis):
-    shape = feature_shape(x.ndim, axis)
-    mean, variance, gamma, beta = (np.reshape(v, shape) for v in (mean, variance, gamma, beta))
-    return gamma * (x - mean) / np.sqrt(variance + EPSILON) + beta
 
 
 def random_mask(shape, seed, fraction=0.6):

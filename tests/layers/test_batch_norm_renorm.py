@@ -2,6 +2,8 @@
 `keras.layers.BatchNormalization(renorm=True)` with the same weights, and a
 NumPy (float64) transcription of Ioffe (2017) as Keras implements it."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ import tensorflow as tf
 
 import normzoo.layers
 from normzoo.layers import BatchNorm
+from tests import references
+from tests.references import feature_shape, reduction_axes
 
 EPSILON = 1e-3
 MOMENTUM = 0.9
@@ -18,14 +22,11 @@ STATISTICS = ("moving_mean", "moving_variance", "moving_stddev", "renorm_mean", 
 CLIPPING = {"rmax": 1.3, "rmin": 0.8, "dmax": 0.25}
 
 
-def reduction_axes(ndim, axis):
-    return tuple(a for a in range(ndim) if a != axis % ndim)
-
-
-def feature_shape(ndim, axis):
-    shape = [1] * ndim
-    shape[axis] = -1
-    return shape
+def numpy_renorm_step(x, state, gamma, beta, axis, clipping, mask=None):
+    return references.renorm_step(
+        x, state, gamma, beta, axis, clipping, epsilon=EPSILON, momentum=MOMENTUM,
+        renorm_momentum=RENORM_MOMENTUM, mask=mask,
+    )
 
 
 def randomized_layer(input_shape, axis=-1, seed=0, **kwargs):
@@ -56,43 +57,6 @@ def layer_pair(input_shape, axis=-1, seed=0, **kwargs):
 
 def state_of(layer):
     return {name: getattr(layer, name).numpy().astype(np.float64) for name in STATISTICS}
-
-
-def numpy_renorm_step(x, state, gamma, beta, axis, clipping, mask=None):
-    """One training step of Keras' renorm in float64: returns the output and
-    the updated statistics (`state` holds them before the step)."""
-    axes = reduction_axes(x.ndim, axis)
-    shape = feature_shape(x.ndim, axis)
-    x = x.astype(np.float64)
-    selected = np.ones(x.shape, bool) if mask is None else np.broadcast_to(mask[..., None], x.shape)
-    count = selected.sum(axes)
-    mean = np.where(selected, x, 0).sum(axes) / count
-    variance = np.where(selected, (x - mean.reshape(shape)) ** 2, 0).sum(axes) / count
-    stddev = np.sqrt(variance + EPSILON)
-    renorm_stddev = np.maximum(state["renorm_stddev"], np.sqrt(EPSILON))
-    r = np.clip(stddev / renorm_stddev, clipping.get("rmin", 0), clipping.get("rmax", np.inf))
-    dmax = clipping.get("dmax", np.inf)
-    d = np.clip((mean - state["renorm_mean"]) / renorm_stddev, -dmax, dmax)
-    standardized = (x - mean.reshape(shape)) / stddev.reshape(shape)
-    outputs = (standardized * r.reshape(shape) + d.reshape(shape)) * np.reshape(gamma, shape)
-    outputs += np.reshape(beta, shape)
-
-    def follow(old, new, momentum):
-        return momentum * old + (1 - momentum) * new
-
-    updated = {
-        "renorm_mean": follow(state["renorm_mean"], mean, RENORM_MOMENTUM),
-        "renorm_stddev": follow(state["renorm_stddev"], stddev, RENORM_MOMENTUM),
-        "moving_mean": follow(state["moving_mean"], mean, MOMENTUM),
-        "moving_stddev": follow(state["moving_stddev"], stddev, MOMENTUM),
-    }
-    updated["moving_variance"] = np.maximum(updated["moving_stddev"] ** 2 - EPSILON, 0)
-    clipped = {
-        "rmin": (stddev / renorm_stddev < clipping.get("rmin", 0)).any(),
-        "rmax": (stddev / renorm_stddev > clipping.get("rmax", np.inf)).any(),
-        "dmax": (np.abs((mean - state["renorm_mean"]) / renorm_stddev) > dmax).any(),
-    }
-    return outputs, updated, clipped
 
 
 def training_step(layer, jit_compile=False):

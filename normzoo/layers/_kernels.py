@@ -1,0 +1,81 @@
+"""BatchNorm's training-mode kernel and replica statistics, for the Keras
+backend of this process.
+
+The layer asks this module, never TensorFlow, so that it runs on every
+backend; the backend-specific fast paths live in modules named for their
+backend and are imported only where that backend runs:
+
+- TensorFlow (`_fused.py`, `_distributed_moments.py`): the fused kernel
+  for 4-D input; the composed formula with batch normalization's
+  closed-form gradient (`tf.custom_gradient`) for other ranks, masks and
+  XLA; the global batch's statistics under a `tf.distribute` strategy;
+  the replica average of the moving statistics.
+- JAX and PyTorch: the composed formula (`composed_training`), which they
+  differentiate themselves. Under jax.jit its gradient follows the float64
+  textbook formula at mean 1e4, std 1e-2 as the closed form does
+  (tests/jax/test_layers.py); benchmark P10 compares its training step
+  with Keras' own BatchNormalization under JAX. There is no strategy to
+  synchronize over.
+"""
+
+from keras import ops
+
+from normzoo.backends import TENSORFLOW
+from normzoo.layers._statistics import shifted_moments, standardized
+
+if TENSORFLOW:
+    from normzoo.layers import _distributed_moments, _fused
+
+
+def fused_data_format(feature_axis, ndim):
+    """The data format in which the backend's fused kernel takes an input of
+    rank `ndim` with features on `feature_axis`, or None where it has none
+    (the kernel serves 4-D channels-last or channels-first input)."""
+    if not TENSORFLOW or ndim != 4:
+        return None
+    return _fused.DATA_FORMATS.get(feature_axis)
+
+
+def batch_norm_training(x, gamma, beta, epsilon, axes, shape, *, mask, data_format, context):
+    """Returns `(outputs, mean, variance, count)`: `x` normalized with its
+    batch statistics over `axes` (those of the global batch when `context`,
+    a replica context from `sync_replica_context`, is given), scaled by
+    `gamma` and offset by `beta` (float32 vectors reshaped to `shape`); the
+    per-channel batch mean and biased variance (no gradient), and the
+    number of values per channel. With a boolean `mask` (broadcast along
+    `axes`), statistics of the selected values only. `data_format` is
+    `fused_data_format`'s answer for this input."""
+    if context is not None:
+        return _distributed_moments.batch_norm_training(
+            x, gamma, beta, epsilon, axes, shape, context, mask
+        )
+    if not TENSORFLOW:
+        return composed_training(x, gamma, beta, epsilon, axes, shape, mask)
+    if data_format and mask is None and not _fused.in_xla_context():
+        return _fused.batch_norm_training(x, gamma, beta, epsilon, data_format)
+    return _fused.batch_norm_training_composed(x, gamma, beta, epsilon, axes, shape, mask)
+
+
+def composed_training(x, gamma, beta, epsilon, axes, shape, mask=None):
+    """`batch_norm_training` as a formula of `keras.ops`, differentiated by
+    the backend: the shifted-data moments and the standardization in
+    deviations (`shifted_moments`, `standardized`), accurate when
+    |mean| >> std. An empty selection has mean 0, variance 0 and count 0."""
+    count, shift, deviation, residual, variance = shifted_moments(x, axes, mask)
+    outputs, _, _ = standardized(deviation, residual, variance, gamma, beta, epsilon, shape)
+    mean = ops.stop_gradient(ops.reshape(shift + residual, [-1]))
+    variance = ops.stop_gradient(ops.reshape(variance, [-1]))
+    return outputs, mean, variance, ops.reshape(count, [-1])
+
+
+def sync_replica_context():
+    """The `tf.distribute` replica context to synchronize over, or None when
+    there is nothing to synchronize (another backend, no strategy, a
+    single replica, or cross-replica code)."""
+    return _distributed_moments.sync_replica_context() if TENSORFLOW else None
+
+
+def replica_mean(context, variables):
+    """The mean over the replicas of `context` of each of `variables`
+    (see `_distributed_moments.replica_mean`)."""
+    return _distributed_moments.replica_mean(context, variables)

@@ -1,0 +1,145 @@
+"""The model zoo under Keras' JAX backend: `fit(jit_compile=True)` with each
+norm, and `.weights.h5` files that move between TensorFlow and JAX
+processes with equal outputs."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from normzoo import backends, checkpoints, data, models, naming, training
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="run with KERAS_BACKEND=jax (tests/test_backends.py)"
+)
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def tiny_model(norm, seed=0):
+    keras.utils.set_random_seed(seed)
+    return models.build("wrn_10_1", norm=norm, num_classes=3, input_shape=(8, 8, 3))
+
+
+def batch(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 8, 8, 3)).astype("float32"), rng.integers(0, 3, n)
+
+
+def trained_weights(norm, jit_compile):
+    model = tiny_model(norm)
+    if norm == "skipinit":
+        # alpha = 0 cuts the residual branches off the loss; open them so
+        # that every variable trains.
+        for variable in model.variables:
+            if variable.path.endswith("alpha"):
+                variable.assign(0.5)
+    model.compile(keras.optimizers.SGD(0.05), LOSS, jit_compile=jit_compile)
+    images, labels = batch()
+    history = model.fit(images, labels, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    return model, history.history["loss"]
+
+
+@pytest.mark.parametrize("norm", naming.NORMS)
+def test_fit_with_jit_compile_trains_each_norm_and_equals_eager_fit(norm):
+    """Three epochs of `fit(jit_compile=True)` lower the loss and leave the
+    weights (moving statistics included) of an eager `fit` on the same data
+    (to float32 rounding): XLA changes nothing but speed."""
+    compiled, losses = trained_weights(norm, jit_compile=True)
+    eager, _ = trained_weights(norm, jit_compile=False)
+    assert losses[-1] < losses[0], losses
+    for a, b in zip(compiled.variables, eager.variables):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5, err_msg=a.path)
+    statistics = [v for v in compiled.non_trainable_variables if "moving_mean" in v.path]
+    assert bool(statistics) == (norm == "batch")
+    assert all(np.any(np.asarray(v) != 0) for v in statistics)
+
+
+# Run in a TensorFlow-backend process: build the same model, and either
+# write its weights and outputs, or load weights and write its outputs.
+TENSORFLOW_SIDE = textwrap.dedent(
+    """
+    import sys
+    import keras
+    import numpy as np
+    from normzoo import models
+
+    norm, mode, directory = sys.argv[1:]
+    assert keras.backend.backend() == "tensorflow"
+    keras.utils.set_random_seed(1)
+    model = models.build("wrn_10_1", norm=norm, num_classes=3, input_shape=(8, 8, 3))
+    images = np.load(f"{directory}/images.npy")
+    if mode == "save":
+        model.compile(keras.optimizers.SGD(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(images, np.arange(len(images)) % 3, batch_size=8, epochs=1, verbose=0)
+        model.save_weights(f"{directory}/tensorflow.weights.h5")
+    else:
+        model.load_weights(f"{directory}/jax.weights.h5")
+    np.save(f"{directory}/tensorflow_inference.npy", model(images, training=False).numpy())
+    """
+)
+
+
+def tensorflow_side(norm, mode, directory):
+    result = subprocess.run(
+        [sys.executable, "-c", TENSORFLOW_SIDE, norm, mode, str(directory)],
+        cwd=ROOT,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_weights_files_move_between_tensorflow_and_jax_with_equal_outputs(tmp_path):
+    norm = "batch"  # the norm with moving statistics, which training moves
+    images, _ = batch(seed=3)
+    np.save(tmp_path / "images.npy", images)
+    # TensorFlow trains one epoch (moving statistics move) and saves.
+    tensorflow_side(norm, "save", tmp_path)
+    model = tiny_model(norm, seed=2)
+    model.load_weights(tmp_path / "tensorflow.weights.h5")
+    expected = np.load(tmp_path / "tensorflow_inference.npy")
+    np.testing.assert_allclose(np.asarray(model(images, training=False)), expected, rtol=1e-4, atol=1e-5)
+    # normzoo's all-or-nothing restore reads the same file on JAX.
+    restored = tiny_model(norm, seed=3)
+    report = checkpoints.restore(restored, tmp_path / "tensorflow.weights.h5")
+    assert not report.missing
+    np.testing.assert_allclose(np.asarray(restored(images, training=False)), expected, rtol=1e-4, atol=1e-5)
+    # And back: JAX trains, saves; TensorFlow loads and gives JAX's outputs.
+    model.compile(keras.optimizers.SGD(0.05), LOSS, jit_compile=True)
+    model.fit(images, np.arange(len(images)) % 3, batch_size=8, epochs=1, verbose=0)
+    model.save_weights(tmp_path / "jax.weights.h5")
+    tensorflow_side(norm, "load", tmp_path)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "tensorflow_inference.npy"),
+        np.asarray(model(images, training=False)),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_tensorflow_checkpoints_name_the_tensorflow_backend(tmp_path):
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    with pytest.raises(backends.BackendError, match="TensorFlow backend.*KERAS_BACKEND=tensorflow"):
+        checkpoints.restore(tiny_model("batch"), tmp_path)
+
+
+def test_the_tensorflow_training_loop_and_input_pipeline_name_the_tensorflow_backend():
+    model = tiny_model("batch")
+    calls = [
+        lambda: training.TrainStep(model, keras.optimizers.SGD(), None, 8, jit_compile=False),
+        lambda: training.make_strategy("default"),
+        lambda: data.load("digits", "train", global_batch_size=8, training=True),
+    ]
+    for call in calls:
+        with pytest.raises(backends.BackendError, match="TensorFlow backend.*KERAS_BACKEND=tensorflow"):
+            call()

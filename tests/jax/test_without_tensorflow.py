@@ -1,0 +1,115 @@
+"""normzoo in an environment without TensorFlow: a subprocess on Keras' JAX
+backend in which importing `tensorflow` fails, as where it is not
+installed."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="run with KERAS_BACKEND=jax (tests/test_backends.py)"
+)
+
+# Prepended to each script: any import of tensorflow raises ImportError.
+WITHOUT_TENSORFLOW = textwrap.dedent(
+    """
+    import sys
+
+    class NoTensorFlow:
+        def find_spec(self, name, path=None, target=None):
+            if name == "tensorflow" or name.startswith("tensorflow."):
+                raise ImportError(f"No module named {name!r} (blocked by the test)", name=name)
+
+    sys.meta_path.insert(0, NoTensorFlow())
+    """
+)
+
+
+def run_without_tensorflow(script):
+    """Runs `script` in a JAX-backend process without TensorFlow; returns stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TENSORFLOW + textwrap.dedent(script)],
+        cwd=ROOT,
+        env={**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
+
+
+def test_the_blocker_blocks():
+    out = run_without_tensorflow(
+        """
+        try:
+            import tensorflow
+        except ImportError:
+            print("blocked")
+        """
+    )
+    assert out.split() == ["blocked"]
+
+
+def test_normzoo_its_layers_models_bn_and_checkpoints_import_and_run_without_tensorflow():
+    out = run_without_tensorflow(
+        """
+        import numpy as np
+        import normzoo
+        from normzoo import bn, checkpoints, layers, models
+
+        model = normzoo.models.build("resnet20", norm="batch", num_classes=10)
+        images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype("float32")
+        normzoo.bn.recalibrate(model, images, batch_size=4)
+        outputs = np.asarray(model(images))
+        # The folded copy computes the same function (bn.fold's promise).
+        folded = np.asarray(normzoo.bn.fold(model)(images))
+        print(outputs.shape, np.abs(folded - outputs).max() < 1e-4 * np.abs(outputs).max())
+        print(any(m.startswith("tensorflow") for m in sys.modules))
+        for name in ("data", "training"):
+            try:
+                __import__(f"normzoo.{name}")
+            except ImportError as error:
+                print(name, error.name.split(".")[0])
+        """
+    )
+    assert out.splitlines() == ["(8, 10) True", "False", "data tensorflow", "training tensorflow"]
+
+
+def test_the_gpu_check_runs_without_tensorflow_at_tiny_size(tmp_path):
+    """scripts/gpu_check.py --tiny, as on the GPU machine (JAX, no
+    TensorFlow): one JSON whose numerical checks all pass and whose
+    timings and losses are finite."""
+    output = tmp_path / "gpu_check.json"
+    run_without_tensorflow(
+        f"""
+        import runpy
+        sys.path.insert(0, "scripts")  # as `python scripts/gpu_check.py` has it
+        sys.argv = ["gpu_check.py", "--tiny", "--output={output}"]
+        runpy.run_path("scripts/gpu_check.py", run_name="__main__")
+        """
+    )
+    record = json.loads(output.read_text())
+    assert record["machine"]["keras_backend"] == "jax" and record["machine"]["tensorflow"] is None
+    names = {(check["name"], check["policy"]) for check in record["numerics"]}
+    assert ("BatchNorm training, mean 1e4, std 1e-2: moving variance", "float32") in names
+    assert ("BatchNorm training, mean 1.5, std 2: outputs", "mixed_bfloat16") in names
+    assert {"LayerNorm per image", "SkipInit"} <= {name for name, _ in names}
+    assert all(check["passed"] for check in record["numerics"]), record["numerics"]
+    assert record["passed"]
+    assert record["batch_norm_step"]["normzoo_step_ms"] > 0
+    assert [(r["norm"], r["policy"]) for r in record["training"]] == [
+        ("batch", "float32"), ("layer", "float32"), ("skipinit", "float32"), ("batch", "mixed_bfloat16")
+    ]
+    assert all(np.isfinite(r["loss_after"]) and r["images_per_second"] > 0 for r in record["training"])
+    fold = record["fold"]
+    assert fold["max_abs_output_difference"] <= 1e-3 * max(1.0, fold["max_abs_output"])
