@@ -86,6 +86,11 @@ class TrainConfig:
     the training split's size over the global batch (every batch is full, so
     that every step has the same shape, which XLA wants).
 
+    `train_split` is the TFDS split trained on: "train", or a slice of it
+    such as "train[:1150]" that leaves the rest ("train[1150:]") for
+    choosing hyperparameters (see `normzoo.experiments.validation_splits`);
+    the test split is never trained on.
+
     `input_sharding` says how several input pipelines (one per worker under
     MultiWorkerMirroredStrategy) share the training data: "pipeline" gives
     each its own part of the split (the efficient default); "global_batch"
@@ -111,6 +116,7 @@ class TrainConfig:
     model: str = "resnet20"
     norm: str = "batch"
     dataset: str = "digits"
+    train_split: str = "train"
     data_dir: str | None = None
     image_size: int | None = 32
     batch_size: int = 64
@@ -344,7 +350,7 @@ def _recalibrate(config, model):
     """Re-estimates the BatchNorm statistics of `model` on the first training
     batches (bn="recalibrated"). Every worker reads the same global batches,
     so every copy of the model gets the same statistics."""
-    batches = _load(config, "train", True, config.seed).take(finetune.RECALIBRATION_BATCHES)
+    batches = _load(config, config.train_split, True, config.seed).take(finetune.RECALIBRATION_BATCHES)
     examples = bn.recalibrate(model, batches)
     _log(config, f"bn=recalibrated: BatchNorm statistics re-estimated from {examples} training examples.")
 
@@ -380,10 +386,15 @@ def train(config, *, strategy=None):
             f"use a multiple of {replicas}."
         )
     info = data.info(config.dataset, data_dir=config.data_dir, image_size=config.image_size)
-    steps_per_epoch = config.steps_per_epoch or info.train_examples // config.batch_size
+    try:
+        train_examples = data.num_examples(config.dataset, config.train_split, data_dir=config.data_dir)
+    except ValueError as error:
+        raise ConfigError(f"train_split={config.train_split!r}: {error}") from None
+    steps_per_epoch = config.steps_per_epoch or train_examples // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(
-            f"batch_size={config.batch_size} exceeds the {info.train_examples} training examples."
+            f"batch_size={config.batch_size} exceeds the {train_examples} training examples "
+            f"of {config.train_split!r}."
         )
     num_classes = config.num_classes or info.num_classes
     if num_classes < info.num_classes:
@@ -498,7 +509,8 @@ def _run(
     _log(
         config,
         f"normzoo: {config.model} norm={config.norm} on {config.dataset} "
-        f"({info.train_examples} train / {info.test_examples} test, image {info.image_shape}); "
+        f"({data.num_examples(config.dataset, config.train_split, data_dir=config.data_dir)} "
+        f"{config.train_split} / {info.test_examples} test, image {info.image_shape}); "
         f"{model.count_params():,} parameters; {environment['num_replicas']} replica(s); "
         f"global batch {config.batch_size}; {steps_per_epoch} steps/epoch x {config.epochs} epochs",
     )
@@ -513,7 +525,7 @@ def _run(
     for epoch in range(step // steps_per_epoch, config.epochs):
         skip = step - epoch * steps_per_epoch
         dataset = _distributed_dataset(
-            strategy, config, "train", True, config.seed + epoch, skip_batches=skip
+            strategy, config, config.train_split, True, config.seed + epoch, skip_batches=skip
         )
         iterator = iter(dataset)
         progress = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
