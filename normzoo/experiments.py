@@ -15,7 +15,7 @@ SkipInit with alpha 0, 1/sqrt(d) or 1 among them). `run_cell` trains one
 configuration in a fresh temporary `model_dir` (a grid cell never resumes
 another's checkpoint) and records its labels, whether it trained or
 diverged, the final training loss, the test accuracy, the accuracy on a
-validation split and the wall time. `run_rate_grid` trains each cell at
+validation split, the wall time and where it went. `run_rate_grid` trains each cell at
 every rate of its grid, selects the rate on the validation split carved
 from the training data by `validation_splits` (never on the test set), and
 repeats that rate with more seeds; `summarize` gives per cell the selected
@@ -131,8 +131,10 @@ def run_cell(labels, config, *, validation_split=None, log=print):
         A dict: the labels, then "status" (`TRAINED` or `DIVERGED`),
         "final_train_loss" (mean over the last epoch), "final_train_accuracy",
         "test_accuracy", "test_loss" (None when diverged), "steps", "seconds",
-        with a `validation_split` "validation_accuracy" and "validation_loss"
-        (None when diverged) and, when diverged, "error" (the
+        "time_this_run" (where the run's time went, as metrics.json records
+        it; None when diverged), with a `validation_split`
+        "validation_accuracy" and "validation_loss" (None when diverged)
+        and, when diverged, "error" (the
         `TrainingDiverged` message).
     """
     started = time.time()
@@ -149,6 +151,7 @@ def run_cell(labels, config, *, validation_split=None, log=print):
                 test_accuracy=None,
                 test_loss=None,
                 steps=None,
+                time_this_run=None,
                 error=str(error),
             )
             if validation_split:
@@ -163,6 +166,7 @@ def run_cell(labels, config, *, validation_split=None, log=print):
                 test_accuracy=metrics["test_accuracy"],
                 test_loss=metrics["test_loss"],
                 steps=metrics["steps"],
+                time_this_run=metrics["time_this_run"],
             )
             if validation_split:
                 validation = evaluate_split(result.model, cell_config, validation_split)
@@ -320,6 +324,16 @@ SUMMARY_TABLES = (
 )
 
 
+def _training_share(row):
+    """The fraction of a run's wall time spent in its training steps other
+    than the first (which traces and compiles), with their input waits;
+    None for a diverged run."""
+    spent = row["time_this_run"]
+    if spent is None:
+        return None
+    return (spent["step_seconds"] + spent["input_wait_seconds"]) / row["seconds"]
+
+
 def rate_table(rows, cell_keys, value):
     """Markdown: one line per cell (the values of `cell_keys`), one column
     per learning rate, cells `value(run)` of the first seed's runs."""
@@ -338,8 +352,9 @@ def rate_table(rows, cell_keys, value):
 
 def grid_markdown(rows, summaries, row_key, column_key, leading_header, leading, claims):
     """The markdown of a learning-rate grid: the claims table, the summary
-    tables (`SUMMARY_TABLES`, row_key x column_key) and the validation and
-    test accuracy of every (cell, rate) of the first seed."""
+    tables (`SUMMARY_TABLES`, row_key x column_key) and, for every (cell,
+    rate) of the first seed, the validation and test accuracy and the share
+    of the run's wall time spent in training steps."""
     cell_keys = [row_key, column_key]
 
     def outcome(key):
@@ -353,6 +368,9 @@ def grid_markdown(rows, summaries, row_key, column_key, leading_header, leading,
             + rate_table(rows, cell_keys, outcome("validation_accuracy")),
             "Test accuracy by learning rate (first seed; not used to select):\n\n"
             + rate_table(rows, cell_keys, outcome("test_accuracy")),
+            "Share of the wall time in training steps by learning rate (first seed; "
+            "the first step, which traces, apart):\n\n"
+            + rate_table(rows, cell_keys, _training_share),
         ]
     )
 

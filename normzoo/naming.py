@@ -6,7 +6,9 @@ Every layer of a zoo model is named, so two builds of the same model have
 the same names; the scheme extends keras.applications' ResNets, so their
 weight files restore by name:
 
-- `input`; the stem `conv1_conv`, `conv1_bn` (`STEM`); `post_bn`, the
+- `input`; the stem `conv1_conv`, `conv1_bn` (`STEM`), or a deep stem's
+  (ResNet-D's) `conv1_{j}_conv`, `conv1_{j}_bn`, j = 1, 2, 3 (`deep_stem`);
+  `post_bn`, the
   final norm of a pre-activation network (`POST`); `avg_pool`; the
   classifier `predictions` (`CLASSIFIER`).
 - Stages are `conv2`, `conv3`, ... and their units `block1`, `block2`, ...:
@@ -30,6 +32,8 @@ import re
 NORMS = ("batch", "layer", "skipinit", "none")
 
 STEM = "conv1"
+# The convolutions of a deep stem.
+DEEP_STEM_CONVS = 3
 POST = "post"
 CLASSIFIER = "predictions"
 
@@ -40,6 +44,13 @@ _ADD_SUFFIX = "_add"
 _PREACT = "_preact"
 
 _BLOCK = re.compile(r"conv(\d+)_block(\d+)_")
+
+
+def deep_stem(j):
+    """The prefix of the j-th convolution (j = 1 .. `DEEP_STEM_CONVS`) of a
+    deep stem, ResNet-D's three 3x3 convolutions in place of the one 7x7
+    convolution, and of the norm after it: "conv1_{j}"."""
+    return f"{STEM}_{j}"
 
 
 def block(stage, unit):

@@ -22,6 +22,11 @@ benchmark.json (the numbers, the flags and the machine) to --output_dir:
       matmul FLOP/s                                              target >= 40%
   P7  training step time and XLA compile time of WRN-n-2 against the number
       of residual blocks: least-squares line, R^2, residuals     target R^2 >= 0.95
+  P9  the main job (scripts/train.py's default run, 10 epochs): wall time /
+      sum of step times                                          target <= 1.25
+      normzoo train / an equivalent Keras model.fit              target <= 1.0
+      largest gap between epochs beyond the evaluation, 1 device and
+      MirroredStrategy over 2 logical CPU devices                target <= 0.5 s
 
 Ratios come from candidates timed in alternating rounds in the same process
 (`normzoo.benchmarking.compare`), so machine noise reaches both alike. With

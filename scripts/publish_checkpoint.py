@@ -84,6 +84,9 @@ def main(argv):
         "norm": config["norm"],
         "dataset": config["dataset"],
         "image_size": config["image_size"],
+        # What normzoo.checkpoints.restore reports the weights expect; a run
+        # older than the field fed "tf".
+        "preprocess_mode": config.get("preprocess_mode") or "tf",
         "test_accuracy": metrics["test_accuracy"],
         "epochs": config["epochs"],
         "command": command_line(config),

@@ -6,8 +6,16 @@ with one physical CPU device. Single-device code runs on the first one.
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# torchvision and timm (the references of the torch-weights tests) import
+# torch._dynamo, which imports triton when installed (CUDA builds of torch
+# ship it); importing triton after TensorFlow segfaults (triton and
+# TensorFlow each bundle LLVM; measured here with torch 2.14.1+cu130, triton
+# first then TensorFlow works). The tests run torch on the CPU, where triton
+# is unused: it is made unimportable, and torch then does without it.
+sys.modules.setdefault("triton", None)
 
 import tensorflow as tf  # noqa: E402
 
@@ -62,3 +70,38 @@ def tiny_config():
         return TrainConfig(**values)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def torch_reference():
+    """Helpers for tests whose reference is a torchvision or timm model:
+
+    - `randomized(model, seed)`: `model` in eval mode with every BatchNorm's
+      running statistics and affine terms drawn away from their initial
+      values (as a trained network has them), so that each changes the
+      outputs; convolutions keep torch's random initialization.
+    - `logits(model, images)`: the model's outputs for channels-last NumPy
+      `images`, as NumPy.
+
+    torch is imported here, by the tests that need it only (it takes seconds).
+    """
+    import types
+
+    import torch
+
+    def randomized(model, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.running_mean.normal_(0.0, 0.2, generator=generator)
+                    module.running_var.uniform_(0.5, 2.0, generator=generator)
+                    module.weight.uniform_(0.5, 1.5, generator=generator)
+                    module.bias.normal_(0.0, 0.2, generator=generator)
+        return model.eval()
+
+    def logits(model, images):
+        with torch.no_grad():
+            return model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+
+    return types.SimpleNamespace(randomized=randomized, logits=logits)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 _SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
-FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8")
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9")
 P2_MODELS = {
     "conv_net": "conv net step time, normzoo BatchNorm / keras BatchNormalization",
     "conv_net_renorm": "conv net step time, normzoo BatchNorm(renorm=True) / keras BatchNormalization(renorm=True)",
@@ -118,6 +118,32 @@ def test_replica_statistics_figure_compares_the_same_steps_and_replicas_agree(re
     assert details["replica_logits_gap_without_average"] > 1e-3
     inference = details["inference"]
     assert rows[0]["value"] == pytest.approx(inference["with_ms"] / inference["without_ms"])
+
+
+def test_main_job_figure_times_whole_runs_and_their_fit_twin(record):
+    # P9: each row is computed from the samples it shows; a run's steps are
+    # part of its wall time, and a run of E epochs has E - 1 epoch boundaries.
+    record, _ = record
+    config = record["config"]
+    rows = [m for m in record["measurements"] if m["figure"] == "P9"]
+    assert [row["target"] for row in rows] == ["<= 1.25", "<= 1.0", "<= 0.5", "<= 0.5"]
+    steps_ratio, over_fit, gap, mirrored_gap = rows
+    for run in steps_ratio["details"]["runs"] + mirrored_gap["details"]["runs"]:
+        assert run["wall_seconds"] > run["step_seconds"] > run["first_step_seconds"] > 0
+        assert run["steps"] == config["main_job_epochs"] * config["main_job_steps_per_epoch"]
+        assert len(run["epoch_gaps"]) == config["main_job_epochs"] - 1
+        # Every epoch wrote its checkpoint, within the epoch's records.
+        assert len(run["epoch_checkpoint_seconds"]) == config["main_job_epochs"]
+        assert all(seconds > 0 for seconds in run["epoch_checkpoint_seconds"])
+        # The loop's own timing of each evaluation holds its step calls.
+        assert all(seconds >= 0 for seconds in run["epoch_eval_outside_steps_seconds"])
+    assert steps_ratio["details"]["ratios"] == [r["wall_seconds"] / r["step_seconds"] for r in steps_ratio["details"]["runs"]]
+    assert over_fit["value"] == pytest.approx(
+        over_fit["details"]["normzoo_seconds"][0] / over_fit["details"]["fit_seconds"][0]
+    )
+    assert gap["value"] == max(gap["details"]["runs"][0]["epoch_gaps"])
+    assert mirrored_gap["details"]["replicas"] == 2
+    assert mirrored_gap["value"] == max(mirrored_gap["details"]["runs"][0]["epoch_gaps"])
 
 
 def test_benchmark_layers_measures_the_batch_norm_figure_alone(tmp_path):

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from normzoo.benchmarks import Settings, measurement, p2_batch_norm
+from normzoo.benchmarks import Settings, measurement, p2_batch_norm, p9_main_job
 from normzoo.layers import BatchNorm
 
 TINY = Settings(
@@ -77,10 +77,30 @@ def test_a_target_without_a_comparison_is_refused():
 
 @pytest.mark.parametrize(
     "change, setting",
-    [({"figures": ("P9",)}, "figures"), ({"layers_modes": ("jit",)}, "layers_modes"),
+    [({"figures": ("P10",)}, "figures"), ({"layers_modes": ("jit",)}, "layers_modes"),
      ({"layers_cases": ("gru",)}, "layers_cases"), ({"wrn_depths": ("16", "17")}, "wrn_depths"),
      ({"build_model": "resnet51"}, "build_model")],
 )
 def test_bad_settings_are_named(change, setting):
     with pytest.raises(ValueError, match=f"^{setting}: "):
         dataclasses.replace(Settings(), **change).check()
+
+
+def test_epoch_gaps_leave_out_the_evaluation_between_epochs():
+    # P9: two epochs of two steps, evaluated from 2.5 s to 3.5 s between them
+    # and from 7.5 s to 8 s after the last; the gap is the 3 s between steps
+    # less that 1 s. The run's stopwatch timed 1.5 s and 0.7 s of evaluation.
+    trace = p9_main_job.RunTrace(
+        wall_seconds=10.0,
+        steps=[(0.0, 1.0), (1.0, 2.0), (5.0, 6.0), (6.0, 7.0)],
+        evals=[(2.5, 3.0), (3.0, 3.5), (7.5, 8.0)],
+        steps_per_epoch=2,
+        history=[{"eval_seconds": 1.5, "checkpoint_seconds": 0.25, "input_wait_seconds": 0.0},
+                 {"eval_seconds": 0.75, "checkpoint_seconds": 0.25, "input_wait_seconds": 0.0}],
+    )
+    assert trace.evaluation_spans() == [1.0, 0.5]
+    assert trace.epoch_gaps() == [(5.0 - 2.0) - (3.5 - 2.5)]
+    assert trace.step_seconds() == 4.0
+    summary = trace.summary()
+    assert summary["epoch_eval_outside_steps_seconds"] == [1.5 - 1.0, 0.75 - 0.5]
+    assert summary["first_step_seconds"] == 1.0 and summary["steps"] == 4

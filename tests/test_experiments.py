@@ -25,6 +25,7 @@ def test_a_diverged_cell_is_recorded_not_raised(monkeypatch):
     assert row["test_accuracy"] is None and row["final_train_loss"] is None
     assert "nan at step 3" in row["error"]
     assert row["depth"] == 16 and row["norm"] == "none"
+    assert row["time_this_run"] is None
     # Every cell trains in a fresh temporary directory, never the config's.
     assert seen["model_dir"] != "unused"
 
@@ -34,13 +35,16 @@ def test_a_trained_cell_reports_the_last_epoch(monkeypatch):
         {"epoch": 0, "train_loss": 2.0, "train_accuracy": 0.3},
         {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8},
     ]
-    metrics = {"history": history, "test_accuracy": 0.75, "test_loss": 0.9, "steps": 20}
+    time_this_run = {"wall_seconds": 3.0, "step_seconds": 1.5, "input_wait_seconds": 0.1}
+    metrics = {"history": history, "test_accuracy": 0.75, "test_loss": 0.9, "steps": 20,
+               "time_this_run": time_this_run}
     monkeypatch.setattr(loop, "train", lambda config: loop.TrainResult(model=None, metrics=metrics))
     lines = []
     row = experiments.run_cell({"norm": "batch"}, TrainConfig(), log=lines.append)
     assert row["status"] == experiments.TRAINED
     assert (row["final_train_loss"], row["final_train_accuracy"]) == (0.5, 0.8)
     assert (row["test_accuracy"], row["steps"]) == (0.75, 20)
+    assert row["time_this_run"] == time_this_run
     assert lines and "norm=batch" in lines[0] and "0.7500" in lines[0]
 
 
@@ -155,6 +159,8 @@ def _run(rate, seed, validation_accuracy, test_accuracy, status="trained", **lab
         "validation_loss": 1.0 - validation_accuracy if status == "trained" else None,
         "test_accuracy": test_accuracy if status == "trained" else None,
         "seconds": 1.0,
+        # A share of the wall time in training steps of 2 * rate + 0.1.
+        "time_this_run": {"step_seconds": 2 * rate, "input_wait_seconds": 0.1} if status == "trained" else None,
     }
 
 
@@ -221,6 +227,8 @@ def test_summarize_reports_the_selected_rate_the_mean_and_spread_over_seeds():
     assert "| 16 | 0.9000 | diverged at every rate |" in markdown
     assert "| 16 batch | 0.8000 | 0.9000 | 0.8500 |" in markdown
     assert "| 16 none | diverged | diverged | - |" in markdown
+    share = markdown.split("Share of the wall time in training steps by learning rate")[1]
+    assert "| 16 batch | 0.2000 | 0.3000 | 0.5000 |" in share and "| 16 none | - | - | - |" in share
 
 
 def _depth_sweep_json(accuracy, rates=(0.05, 0.1, 0.2)):

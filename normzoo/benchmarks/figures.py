@@ -16,6 +16,7 @@ from normzoo.benchmarks import (
     p6_flops,
     p7_depth,
     p8_replica_statistics,
+    p9_main_job,
 )
 
 FIGURES = (
@@ -26,6 +27,7 @@ FIGURES = (
     p2_batch_norm.FIGURE,
     p4_synchronized_bn.FIGURE,
     p8_replica_statistics.FIGURE,
+    p9_main_job.FIGURE,
     p7_depth.FIGURE,
     onednn.FIGURE,
 )

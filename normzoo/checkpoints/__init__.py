@@ -2,6 +2,8 @@
 
     report = normzoo.checkpoints.restore(model, "resnet50_weights_tf_dim_ordering_tf_kernels.h5")
     model = normzoo.build("resnet50v2", weights="resnet_v2_50.ckpt")  # TF-slim
+    model = normzoo.build("resnet50", weights="model.safetensors")  # torchvision/timm
+    model.restore_report.preprocess_mode  # "torch": the input preprocessing the weights expect
 
 A restore is all or nothing: it reads and checks the whole checkpoint
 first, and either every variable of the model is restored (moving mean and

@@ -13,9 +13,8 @@ from absl import logging
 from normzoo import models, naming
 from normzoo.checkpoints import integrity
 from normzoo.checkpoints.restore import read, restore_source
+from normzoo.checkpoints.source import stem_kernel
 from normzoo.models import resnet
-
-_STEM = naming.conv(naming.STEM)
 
 # The zoo models that keras.applications publishes ImageNet weights for, and
 # its constructors.
@@ -39,13 +38,13 @@ def build(name, *, weights=None, norm=None, num_classes=None, input_shape=None, 
     the number of classes (0 for a file without a classifier, e.g.
     keras.applications' `_notop.h5`), the stem width, and the layout of
     ImageNet ResNets. The layout is fixed by TF-slim checkpoints ("slim")
-    and recorded in `.keras` files (their configuration's stem pool and
-    strides); other Keras files and normzoo's training checkpoints do not
-    record it, and "keras" (keras.applications' layout) is taken when the
-    weights fit it, so a keras.applications file builds keras.applications'
-    model. A v1 ResNet without convolution biases is either "torchvision"
-    or "slim", which differ only in strides and epsilon: pass `layout=`
-    then.
+    and torchvision/timm state dicts ("torchvision"), and recorded in
+    `.keras` files (their configuration's stem pool and strides); other
+    Keras files and normzoo's training checkpoints do not record it, and
+    "keras" (keras.applications' layout) is taken when the weights fit it,
+    so a keras.applications file builds keras.applications' model. A v1
+    ResNet without convolution biases is either "torchvision" or "slim",
+    which differ only in strides and epsilon: pass `layout=` then.
 
     An argument given that contradicts the checkpoint raises ValueError,
     except `num_classes`: a different number of classes builds a new,
@@ -73,7 +72,11 @@ def build(name, *, weights=None, norm=None, num_classes=None, input_shape=None, 
 
     Returns:
         The model. With `weights`, `model.restore_report` is the
-        `normzoo.checkpoints.RestoreReport`.
+        `normzoo.checkpoints.RestoreReport`, whose `preprocess_mode` is the
+        input preprocessing the weights expect (e.g. "torch" for
+        torchvision and timm, "caffe" for keras.applications' ResNet50):
+        feed the model `normzoo.data.load(...,
+        preprocess_mode=model.restore_report.preprocess_mode)`.
 
     Raises:
         ValueError, TypeError: as `normzoo.models.build`, for an invalid
@@ -152,6 +155,8 @@ def _check_weights(name, weights):
         )
     else:
         where = (
+            f"torchvision and timm publish ImageNet weights for their ResNets (timm's on the "
+            f"Hugging Face Hub as model.safetensors, e.g. timm/resnet50.a1_in1k); "
             f"keras.applications publishes ImageNet weights for "
             f"{', '.join(_KERAS_APPLICATIONS_MODELS)} only (not {name}); normzoo's own "
             f"checkpoints are in the repository's checkpoints/ (see its manifest.json), and "
@@ -162,7 +167,7 @@ def _check_weights(name, weights):
         f"weights={weights!r} names no file: normzoo never downloads weights. `weights` is "
         f"the path of a checkpoint you have, in a format of normzoo.checkpoints.FORMATS "
         f"(Keras .weights.h5, .keras and keras.applications .h5 files, TensorFlow and TF-slim "
-        f"checkpoints; not PyTorch files such as torchvision's). {where}"
+        f"checkpoints, torchvision and timm ResNets as .safetensors or .pth files). {where}"
     )
 
 
@@ -170,7 +175,7 @@ def _input_shape(defaults, source, input_shape):
     """`input_shape`, checked against the checkpoint's input channels, or
     the family's default height and width (in `defaults`, the
     `normzoo.models.arguments`) with those channels."""
-    stem = source.weight(_STEM, "kernel")
+    stem_name, stem = stem_kernel(source)
     if stem is None:
         return input_shape
     channels = int(stem.value.shape[-2])
@@ -180,7 +185,7 @@ def _input_shape(defaults, source, input_shape):
     if input_shape[-1] != channels:
         raise ValueError(
             f"input_shape={tuple(input_shape)!r} has {input_shape[-1]} channels, but the checkpoint "
-            f"{source.path} takes {channels} (its first convolution {_STEM} has a kernel of "
+            f"{source.path} takes {channels} (its first convolution {stem_name} has a kernel of "
             f"shape {tuple(stem.value.shape)}): pass input_shape="
             f"{(*tuple(input_shape)[:-1], channels)!r}, or omit input_shape to take the "
             f"checkpoint's channels."
@@ -192,7 +197,7 @@ def _source_classes(source):
     head = source.weight(naming.CLASSIFIER, "kernel")
     if head is not None:
         return int(head.value.shape[-1])
-    if source.weight(_STEM, "kernel") is not None:
+    if stem_kernel(source)[1] is not None:
         return 0  # a zoo (or keras.applications) model saved without its top
     return None
 
@@ -203,7 +208,7 @@ def _hints(name, source, defaults, given):
     norm = naming.norm_of(layer_names)
     if norm is not None:
         hints["norm"] = norm
-    stem = source.weight(_STEM, "kernel")
+    stem = stem_kernel(source, last=True)[1]
     if "width" in defaults and stem is not None:
         hints["width"] = int(stem.value.shape[-1])
     if "layout" in defaults:

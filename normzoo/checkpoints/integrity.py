@@ -106,7 +106,7 @@ def check_file(path):
                 f"hash when it downloads it); if it is another file, give it another name."
             )
         return f"the file's md5 is the one Keras publishes for {name}"
-    entry = _manifest_entry(path)
+    entry = manifest_entry(path)
     if entry is not None:
         manifest = os.path.join(os.path.dirname(path), MANIFEST)
         actual = file_digest(path)
@@ -123,7 +123,7 @@ def check_file(path):
     return None
 
 
-def _manifest_entry(path):
+def manifest_entry(path):
     """The entry for `path` in the manifest of its directory, or None when
     there is no such manifest (a manifest.json that is not a list of
     entries with "file" and "sha256" belongs to something else)."""

@@ -149,16 +149,18 @@ def _read_h5_file(file, path, format_if_keras3="keras_weights_h5"):
         )
     group = file["model_weights"] if "model_weights" in file else file
     if "layer_names" in group.attrs or "layer_names0" in group.attrs:
+        layers = _legacy_layers(group, path)
         return Source(
             path,
             "keras_legacy_h5",
-            _legacy_layers(group, path),
+            layers,
             verification=(
                 "Keras 2 HDF5 files carry no checksums, and only keras.applications' files "
                 "under their distributed names (e.g. "
                 "resnet50_weights_tf_dim_ordering_tf_kernels.h5) are checked against the "
                 "hashes Keras publishes"
             ),
+            **_keras_applications_preprocessing(layers),
         )
     raise RestoreError(
         f"{path} is an HDF5 file but not a Keras weights file: it has neither Keras 3's "
@@ -325,6 +327,27 @@ def _legacy_layers(group, path):
         if weights:
             layers[name] = weights
     return layers
+
+
+def _keras_applications_preprocessing(layers):
+    """The preprocessing of keras.applications' ResNet weights, for a Keras 2
+    file whose layers are named as keras.applications' ResNets (the format
+    in which keras.applications distributes them): each architecture's
+    `keras.applications.resnet*.preprocess_input` mode. Empty for other
+    files."""
+    if "conv1_conv" not in layers or "conv2_block1_1_conv" not in layers:
+        return {}
+    if any(name.endswith("_preact_bn") for name in layers):
+        return {
+            "preprocess_mode": "tf",
+            "preprocessing_origin": "keras.applications' ResNetV2 weights expect "
+            "keras.applications.resnet_v2.preprocess_input (mode 'tf')",
+        }
+    return {
+        "preprocess_mode": "caffe",
+        "preprocessing_origin": "keras.applications' ResNet (v1) weights expect "
+        "keras.applications.resnet.preprocess_input (mode 'caffe')",
+    }
 
 
 def _string_attribute(group, name):

@@ -59,6 +59,14 @@ class RestoreReport:
             unnoticed.
         verification: What the bytes matched, if `verified`; else why they
             were not verified.
+        preprocess_mode: The input preprocessing the weights expect, a
+            `preprocess_mode` of `normzoo.data.load` ("tf", "torch",
+            "caffe" or "vgg"; see `normzoo.data.preprocessing.Recipe`), or
+            None when neither the checkpoint nor the files next to it say.
+            `scripts/finetune.py` feeds it unless --preprocess_mode says
+            otherwise.
+        preprocessing_origin: Why the weights expect `preprocess_mode`: the
+            source's convention, or the file that records it.
     """
 
     source: str
@@ -73,6 +81,8 @@ class RestoreReport:
     applied: bool = True
     verified: bool = False
     verification: str = "nothing was checked"
+    preprocess_mode: str | None = None
+    preprocessing_origin: str = "neither the checkpoint nor the files next to it record it"
 
     @property
     def complete(self):
@@ -128,6 +138,10 @@ class RestoreReport:
             f"verified: {self.verification}."
             if self.verified
             else f"not verified: {self.verification}.",
+            f"input preprocessing the weights expect: {self.preprocess_mode!r} "
+            f"({self.preprocessing_origin})."
+            if self.preprocess_mode
+            else f"input preprocessing the weights expect: unknown ({self.preprocessing_origin}).",
         ]
         if self.skipped:
             lines.append(f"skipped as asked: {listing(self.skipped)}")

@@ -11,10 +11,15 @@ import tensorflow as tf
 
 from normzoo import naming
 from normzoo._keras_graph import leaf_layers
-from normzoo.checkpoints import integrity, keras_files, tf_checkpoints
+from normzoo.checkpoints import integrity, keras_files, provenance, tf_checkpoints, torch_files
 from normzoo.checkpoints.report import RestoreError, RestoreReport, ShapeMismatch
 from normzoo.checkpoints.source import FORMATS
 
+# The kernel of a network's first convolution, whose input channels are the
+# image's: the stem's, or the first of a deep stem's.
+_FIRST_KERNELS = tuple(
+    f"{naming.conv(stem)}/kernel" for stem in (naming.STEM, naming.deep_stem(1))
+)
 _TF_DATA_FILE = re.compile(r"\.data-\d+-of-\d+$")
 # The first bytes of a zip archive (a .keras file), which keeps its directory at the end.
 _ZIP_SIGNATURE = b"PK\x03\x04"
@@ -42,7 +47,11 @@ def restore(model, path, *, strict=True, skip=()):
     - Keras 2 HDF5 weight files, as keras.applications distributes them
       (`resnet50_weights_tf_dim_ordering_tf_kernels.h5`, `_notop.h5`,
       101/152 and V2);
-    - TF1 checkpoints of TF-slim `resnet_v1_*` / `resnet_v2_*`.
+    - TF1 checkpoints of TF-slim `resnet_v1_*` / `resnet_v2_*`;
+    - state dicts of torchvision's and timm's ResNets, as `.safetensors`
+      files (no torch needed) or `.pth`/`.bin` files (read with
+      `torch.load(weights_only=True)` when torch is installed; see
+      `normzoo.checkpoints.torch_files`).
 
     Damaged files are refused, whatever `strict` says, before anything is
     assigned: the bytes are checked against every checksum or hash there is
@@ -50,13 +59,23 @@ def restore(model, path, *, strict=True, skip=()):
     of a `.weights.h5` written by `normzoo.checkpoints.save_weights` (the
     damaged variables are named), the CRC32C of each tensor of a TensorFlow
     checkpoint, the CRC-32s of a `.keras` file, the md5 Keras publishes for
-    a keras.applications file under its distributed name, and the sha256 a
+    a keras.applications file under its distributed name, the CRC-32 of
+    each member of a `torch.save` zip, and the sha256 a
     `manifest.json` next to the file records (normzoo's `checkpoints/`). A
     truncated or structurally damaged HDF5 file cannot be opened. HDF5
     files without checksums (a `.weights.h5` from Keras' own
     `save_weights`, a renamed keras.applications file) restore, but a
     flipped bit inside a tensor goes unnoticed unless it makes a value NaN
-    or Inf: the report then says "not verified" (`RestoreReport.verified`).
+    or Inf: the report then says "not verified" (`RestoreReport.verified`);
+    so does that of a `.safetensors` file, a format without checksums.
+
+    The report also says which input preprocessing the weights expect
+    (`RestoreReport.preprocess_mode`, a mode of `normzoo.data.load`):
+    "caffe" for keras.applications' ResNet files, "tf" for their ResNetV2
+    and TF-slim's resnet_v2, "vgg" for TF-slim's resnet_v1, "torch" for
+    torchvision and timm, and for normzoo's own checkpoints what the
+    training run fed (its `flags.json`, or the entry of a published
+    checkpoint in `manifest.json`); None when nothing says.
 
     A checkpoint fits a model only if it was saved from the same
     architecture; `normzoo.build(name, weights=path)` builds the model
@@ -97,10 +116,10 @@ def read(path):
     read or that fails a check."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        return tf_checkpoints.read(_latest_checkpoint(path))
+        return _with_recorded_preprocessing(tf_checkpoints.read(_latest_checkpoint(path)))
     prefix = _tf_prefix(path)
     if prefix is not None:
-        return tf_checkpoints.read(prefix)
+        return _with_recorded_preprocessing(tf_checkpoints.read(prefix))
     if not os.path.exists(path):
         raise RestoreError(
             f"No checkpoint at {path}: no such file, directory or TensorFlow checkpoint "
@@ -108,6 +127,10 @@ def read(path):
         )
     if h5py.is_hdf5(path):
         reader = keras_files.read_h5
+    elif torch_files.is_safetensors(path):
+        reader = torch_files.read_safetensors
+    elif torch_files.is_torch_file(path):
+        reader = torch_files.read_torch_file
     elif zipfile.is_zipfile(path):
         reader = keras_files.read_keras_file
     else:
@@ -127,6 +150,16 @@ def read(path):
     matched = integrity.check_file(path)
     if matched:
         source.passed(matched)
+    return _with_recorded_preprocessing(source)
+
+
+def _with_recorded_preprocessing(source):
+    """`source`, with the preprocessing its training run recorded when its
+    format does not fix one (normzoo's own checkpoints)."""
+    if source.preprocess_mode is None:
+        recorded = provenance.recorded_preprocessing(source.path)
+        if recorded is not None:
+            source.preprocess_mode, source.preprocessing_origin = recorded
     return source
 
 
@@ -246,6 +279,8 @@ def _match(model, source, skip, unused):
         ignored=tuple(ignored),
         verified=source.verified,
         verification=source.verification,
+        preprocess_mode=source.preprocess_mode,
+        preprocessing_origin=source.preprocessing_origin,
     )
     return plan, report
 
@@ -336,7 +371,7 @@ def _input_channels_mismatch(report):
     (mismatch,) = report.shape_mismatched
     model_shape, source_shape = tuple(mismatch.model_shape), tuple(mismatch.source_shape)
     if (
-        mismatch.variable != f"{naming.conv(naming.STEM)}/kernel"
+        mismatch.variable not in _FIRST_KERNELS
         or len(model_shape) != 4
         or len(source_shape) != 4
         or model_shape[:2] + model_shape[3:] != source_shape[:2] + source_shape[3:]

@@ -22,7 +22,9 @@ Variables outside the network's scope (`global_step`, ...) and the copies
 an optimizer or a moving average keeps of a variable
 (`<variable>/Momentum`, `<variable>/ExponentialMovingAverage`) are reported
 as ignored. TF-slim's v2 ImageNet checkpoints have 1001 classes (class 0 is
-"background").
+"background"). Their weights expect TF-slim's preprocessing: v1 its
+vgg_preprocessing (preprocess_mode "vgg"), v2 its inception_preprocessing
+("tf").
 """
 
 import re
@@ -37,6 +39,14 @@ _WEIGHTS = {"weights": "kernel", "biases": "bias"}
 _NORM_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
 _UNIT = re.compile(r"block(\d+)/unit_(\d+)/bottleneck_v([12])/(.+)")
 _STEM_KERNEL = re.compile(r"(.*/)?conv1/weights")
+# What TF-slim's ImageNet checkpoints were trained on (tensorflow/models
+# research/slim: preprocessing/preprocessing_factory.py maps resnet_v1_* to
+# vgg_preprocessing, and its README says "ResNet V2 models use Inception
+# pre-processing", which scales to [-1, 1]), by bottleneck version.
+_PREPROCESSING = {
+    "1": ("vgg", "TF-slim's resnet_v1 checkpoints were trained with its vgg_preprocessing"),
+    "2": ("tf", "TF-slim's resnet_v2 checkpoints were trained with its inception_preprocessing"),
+}
 
 
 def read(reader, prefix):
@@ -79,7 +89,16 @@ def read(reader, prefix):
         # Kept under their own names: they match no model layer, so restore
         # reports each one as unexpected.
         layers.update({name: {name: tensor} for name, tensor in unexpected.items()})
-    return Source(prefix, "tf_slim", layers, ignored, layout="slim")
+    (version,) = versions
+    return Source(
+        prefix,
+        "tf_slim",
+        layers,
+        ignored,
+        layout="slim",
+        preprocess_mode=_PREPROCESSING[version][0],
+        preprocessing_origin=_PREPROCESSING[version][1],
+    )
 
 
 def _scope(shapes, prefix):

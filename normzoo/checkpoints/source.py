@@ -11,6 +11,8 @@ import dataclasses
 
 import numpy as np
 
+from normzoo import naming
+
 FORMATS = {
     "normzoo_checkpoint": "TF2 checkpoint of normzoo's training loop "
     "(tf.train.Checkpoint(model=..., optimizer=...), e.g. model_dir/checkpoints)",
@@ -21,6 +23,10 @@ FORMATS = {
     "keras_legacy_h5": "Keras 2 HDF5 weights (the keras.applications files as distributed, "
     "e.g. resnet50_weights_tf_dim_ordering_tf_kernels.h5)",
     "tf_slim": "TF1 name-based checkpoint of a TF-slim resnet_v1/resnet_v2",
+    "torch_safetensors": "safetensors file of a torchvision or timm ResNet's state dict "
+    "(read with the safetensors package, no torch needed)",
+    "torch_state_dict": "PyTorch state dict of a torchvision or timm ResNet (.pth/.bin, read "
+    "with torch.load(weights_only=True), only when torch is installed)",
 }
 
 
@@ -54,6 +60,11 @@ class Source:
             checksums or hashes, and matched (see `verification`).
         verification: What the bytes were checked against, if `verified`;
             else why they could not be.
+        preprocess_mode: The input preprocessing the weights expect (a
+            `normzoo.data.preprocessing.PREPROCESS_MODES` entry), when the
+            format or the files next to it say, else None.
+        preprocessing_origin: Why `preprocess_mode` is what it is: the
+            source's convention or the file that records it.
     """
 
     path: str
@@ -64,6 +75,8 @@ class Source:
     config_layout: str | None = None
     verified: bool = False
     verification: str = "nothing was checked"
+    preprocess_mode: str | None = None
+    preprocessing_origin: str = "neither the checkpoint nor the files next to it record it"
 
     def passed(self, check):
         """Records that the bytes passed `check` (a sentence saying what they
@@ -86,3 +99,24 @@ class Source:
 # non-trainable ones), to read a positional file's kernels (shapes of the
 # stem and the classifier) before a model exists.
 _POSITIONS = {"kernel": 0}
+
+
+# The stem's (first, last) convolution: the one 7x7 convolution, or
+# ResNet-D's deep stem.
+_STEMS = (
+    (naming.conv(naming.STEM),) * 2,
+    (naming.conv(naming.deep_stem(1)), naming.conv(naming.deep_stem(naming.DEEP_STEM_CONVS))),
+)
+
+
+def stem_kernel(source, *, last=False):
+    """(layer name, kernel `Tensor`) of the first convolution of the
+    checkpoint's network (whose kernel's input channels are the image's
+    channels), or with `last=True` of the stem's last one (whose output
+    channels are the stem's width); (None, None) if it has no ResNet stem."""
+    for names in _STEMS:
+        name = names[1] if last else names[0]
+        kernel = source.weight(name, "kernel")
+        if kernel is not None:
+            return name, kernel
+    return None, None

@@ -17,6 +17,7 @@ automatically (offline, in seconds).
 """
 
 import dataclasses
+import functools
 import textwrap
 
 import tensorflow as tf
@@ -148,6 +149,9 @@ def load(
     invert=False,
     single_class_batches=False,
     seed=0,
+    steps_per_epoch=None,
+    epochs=None,
+    start_step=0,
 ):
     """Returns a `tf.data.Dataset` of `(images, labels)` batches from a TFDS dataset.
 
@@ -180,6 +184,18 @@ def load(
       function of `seed`, the input pipeline id and the number of pipelines:
       the same arguments give the same batches, and each pass over the data
       is shuffled and augmented anew.
+    - Training in epochs (`steps_per_epoch` and `epochs`): the stream is
+      `epochs` epochs of `steps_per_epoch` global batches each, then ends;
+      epoch `e` is the first `steps_per_epoch` global batches of the stream
+      above with seed `seed + e` (each epoch has its own order and
+      augmentation; the examples left over at its end are not carried into
+      the next). One iterator serves a whole run: no pipeline is rebuilt
+      between epochs.
+    - `start_step` starts the stream there, exactly as if its first
+      `start_step` global batches had been read and dropped, without
+      decoding or augmenting them (a resumed run continues with the batch
+      it would have seen); in epochs, the epochs before
+      `start_step // steps_per_epoch` are not read at all.
     - Evaluation (`training=False`): no shuffling, no augmentation, no
       repetition; every example once, in a fixed order, the last batch
       possibly partial. Iterating twice gives identical batches. With
@@ -205,13 +221,19 @@ def load(
             variable-size images to 224. E.g. 32 makes digits CIFAR-sized.
         channels: Output channels. None keeps the stored channels; 3 turns
             grayscale images (digits) into RGB.
-        preprocess_mode: "tf" (pixels in [-1, 1]), "torch" or "caffe"; see
-            `preprocessing.Recipe`.
+        preprocess_mode: "tf" (pixels in [-1, 1]), "torch", "caffe" or "vgg":
+            the normalization a checkpoint's weights expect (see
+            `preprocessing.Recipe`).
         invert: Invert pixel values (255 - value) before the normalization:
             a domain shift (see `preprocessing.Recipe`).
         single_class_batches: Batch the evaluation stream by class (see
             above); only with `training=False`.
         seed: Seed of the shuffling and the augmentation.
+        steps_per_epoch: Global batches per epoch of the training stream
+            (see above); None: one stream of passes, no epochs.
+        epochs: Epochs of the training stream (with `steps_per_epoch`).
+        start_step: Global batches of the training stream to drop at its
+            start (see above).
 
     Raises:
         ValueError: for an unknown dataset or split, a batch size that the
@@ -219,6 +241,22 @@ def load(
             global batch.
         DatasetNotPreparedError: see `prepared_builder`.
     """
+    in_epochs = steps_per_epoch is not None or epochs is not None
+    if not training and (in_epochs or start_step):
+        raise ValueError(
+            "steps_per_epoch, epochs and start_step organize the training stream "
+            "(training=True); an evaluation dataset yields every example once."
+        )
+    if in_epochs and not (
+        (steps_per_epoch or 0) > 0 and (epochs or 0) > 0 and start_step < steps_per_epoch * epochs
+    ):
+        raise ValueError(
+            f"A training stream in epochs needs positive steps_per_epoch and epochs, and a "
+            f"start_step before its end; got steps_per_epoch={steps_per_epoch!r}, "
+            f"epochs={epochs!r}, start_step={start_step!r}."
+        )
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0; got {start_step!r}.")
     if training and single_class_batches:
         raise ValueError(
             "single_class_batches=True is for evaluation (training=False): training "
@@ -242,27 +280,55 @@ def load(
         pipeline_split = tfds.even_splits(split, n=input_context.num_input_pipelines)[
             input_context.input_pipeline_id
         ]
-    # Images stay encoded until after shuffling, so the shuffle buffer holds
-    # small JPEG/PNG strings rather than decoded images.
-    dataset = builder.as_dataset(
-        split=pipeline_split,
-        decoders={"image": tfds.decode.SkipDecoding()},
-        shuffle_files=training,
-        read_config=tfds.ReadConfig(shuffle_seed=seed),
-    )
+
+    def encoded(seed, **read):
+        # Images stay encoded until after shuffling, so the shuffle buffer
+        # holds small JPEG/PNG strings rather than decoded images.
+        return builder.as_dataset(
+            split=pipeline_split,
+            decoders={"image": tfds.decode.SkipDecoding()},
+            shuffle_files=training,
+            read_config=tfds.ReadConfig(shuffle_seed=seed, **read),
+        )
 
     def decode(example):
         return image_feature.decode_example(example["image"]), tf.cast(example["label"], tf.int32)
 
     if training:
         buffer_size = min(_num_examples(builder, pipeline_split), _MAX_SHUFFLE_BUFFER)
-        dataset = dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
-        # The position in the repeated stream seeds each example's
-        # augmentation: deterministic, and different in every pass.
-        dataset = dataset.repeat().enumerate()
-        pipeline_seed = tf.constant([seed, input_context.input_pipeline_id], tf.int64)
 
-        def train_example(position, example):
+        def stream(seed, **read):
+            """The encoded examples of the stream of `seed`, each with the
+            seed of its augmentation: the position in the repeated stream
+            seeds it, so it is deterministic and different in every pass."""
+            examples = encoded(seed, **read).shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
+            pipeline_seed = [seed, input_context.input_pipeline_id]
+            seeds = tf.data.Dataset.from_tensors(tf.constant(pipeline_seed, tf.int64)).repeat()
+            return tf.data.Dataset.zip(seeds, examples.repeat().enumerate())
+
+        # This pipeline's examples of one global batch.
+        step_examples = global_batch_size // input_context.num_input_pipelines
+        if steps_per_epoch is None:
+            dataset = stream(seed).skip(start_step * step_examples)
+        else:
+            # One stream per epoch, chained: decoding, augmentation, batching
+            # and prefetching below serve them all. They are built here,
+            # with Python seeds (TF 2.21 cannot seed a shuffle from a tensor
+            # under a global seed of 0, so a dataset function cannot build
+            # them as they come): about 0.1 s per epoch. Without TFDS's
+            # in-memory cache, which every epoch would fill anew and keep.
+            first_epoch, skipped_steps = divmod(start_step, steps_per_epoch)
+            epoch_streams = [
+                stream(seed + epoch, try_autocache=False, skip_prefetch=True).take(
+                    steps_per_epoch * step_examples
+                )
+                for epoch in range(first_epoch, epochs)
+            ]
+            dataset = functools.reduce(tf.data.Dataset.concatenate, epoch_streams)
+            dataset = dataset.skip(skipped_steps * step_examples)
+
+        def train_example(pipeline_seed, indexed_example):
+            position, example = indexed_example
             image, label = decode(example)
             example_seed = tf.random.experimental.stateless_fold_in(pipeline_seed, position)
             return preprocessing.preprocess(image, recipe, training=True, seed=example_seed), label
@@ -274,7 +340,7 @@ def load(
             image, label = decode(example)
             return preprocessing.preprocess(image, recipe, training=False), label
 
-        dataset = dataset.map(eval_example, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = encoded(seed).map(eval_example, num_parallel_calls=tf.data.AUTOTUNE)
     if single_class_batches:
         # A batch is emitted when a class has filled one; the partial batch
         # of each class comes out at the end of the split.

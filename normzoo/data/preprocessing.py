@@ -10,7 +10,13 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-PREPROCESS_MODES = ("tf", "torch", "caffe")
+PREPROCESS_MODES = ("tf", "torch", "caffe", "vgg")
+
+# TF-slim's vgg_preprocessing subtracts these (R, G, B) means from 0..255
+# pixels (tensorflow/models research/slim/preprocessing/vgg_preprocessing.py,
+# _R_MEAN, _G_MEAN, _B_MEAN); Keras' "caffe" means are rounded otherwise
+# (103.939, 116.779, 123.68) and in BGR order.
+SLIM_VGG_MEANS = (123.68, 116.78, 103.94)
 
 # Digits and letters are not mirror-symmetric: a flipped "2" is not a 2.
 NO_HORIZONTAL_FLIP = frozenset({"digits", "mnist", "emnist", "kmnist", "svhn_cropped"})
@@ -46,13 +52,18 @@ class Recipe:
         horizontal_flip: Whether training flips images left-right with
             probability 1/2 (never for digits and letters).
         output_shape: (height, width, channels) of every preprocessed image.
-        preprocess_mode: The normalization, as
+        preprocess_mode: The normalization. "tf", "torch" and "caffe" as
             `keras.applications.imagenet_utils.preprocess_input(mode=...)`
-            defines it: "tf" scales pixels to [-1, 1]; "torch" scales to
-            [0, 1] and standardizes each channel with ImageNet's mean and
-            standard deviation; "caffe" converts RGB to BGR and subtracts
-            ImageNet's mean pixel (0..255 scale), which is what
-            `keras.applications.ResNet50` weights expect.
+            defines them: "tf" scales pixels to [-1, 1] (keras.applications'
+            ResNetV2, TF-slim's resnet_v2); "torch" scales to [0, 1] and
+            standardizes each channel with ImageNet's mean and standard
+            deviation (torchvision, timm); "caffe" converts RGB to BGR and
+            subtracts ImageNet's mean pixel (0..255 scale), which is what
+            `keras.applications.ResNet50` weights expect. "vgg" subtracts
+            TF-slim's `vgg_preprocessing` means (`SLIM_VGG_MEANS`) from the
+            RGB pixels (0..255 scale), what TF-slim's resnet_v1 checkpoints
+            expect. `normzoo.checkpoints.RestoreReport.preprocess_mode` says
+            which one a checkpoint expects.
         invert: Whether pixel values are inverted (255 - value) after
             resizing and augmentation, before the normalization: dark
             strokes on a light background for digits. A domain shift for
@@ -164,6 +175,8 @@ def preprocess(image, recipe, *, training, seed=None):
     image = tf.ensure_shape(image, recipe.output_shape)
     if recipe.invert:
         image = 255.0 - image
+    if recipe.preprocess_mode == "vgg":
+        return image - tf.constant(SLIM_VGG_MEANS, tf.float32)
     return keras.applications.imagenet_utils.preprocess_input(
         image, data_format="channels_last", mode=recipe.preprocess_mode
     )

@@ -38,7 +38,7 @@ from normzoo.layers import BatchNorm, LayerNorm, SkipInit
 # ResNetV2 and TF-slim do; "never".
 CONV_BIASES = ("always", "unnormalized", "never")
 
-SHORTCUTS = ("projection", "zero_pad")
+SHORTCUTS = ("projection", "average_pool_projection", "zero_pad")
 DOWNSAMPLE_UNITS = ("first", "last")
 
 # He et al.'s initialization, as torchvision, TF-slim and the CIFAR and
@@ -288,6 +288,11 @@ def residual_block(
     strided 1x1 convolution `{name}_0_conv` (followed by the norm in v1;
     taking the pre-activation in v2) and `"zero_pad"` the subsampled input
     with zero channels appended (`{name}_0_zeropad`, He et al.'s option A).
+    `"average_pool_projection"` is ResNet-D's: the input averaged over
+    windows of the block's stride (`{name}_0_pool`, "same" padding: a window
+    cut by the image's edge averages the pixels it holds, as torch's
+    `AvgPool2d(ceil_mode=True, count_include_pad=False)`), then an
+    unstrided 1x1 convolution (and norm); with stride 1 it is "projection".
 
     Args:
         x: Input tensor, channels-last.
@@ -314,12 +319,18 @@ def residual_block(
         branch = relu(norm.normalize(x, preact), name=f"{preact}_relu")
 
     shortcut_name = naming.branch(name, 0)
-    if x.shape[-1] != out_channels and shortcut == "projection":
+    if x.shape[-1] != out_channels and shortcut != "zero_pad":
+        skip, skip_strides = branch, strides
+        if shortcut == "average_pool_projection" and strides > 1:
+            skip = keras.layers.AveragePooling2D(
+                strides, strides=strides, padding="same", name=f"{shortcut_name}_pool"
+            )(skip)
+            skip_strides = 1
         skip = conv2d(
-            branch,
+            skip,
             out_channels,
             1,
-            strides=strides,
+            strides=skip_strides,
             use_bias=norm.use_bias(conv_bias, followed_by_norm=not preactivation),
             name=shortcut_name,
         )

@@ -40,6 +40,14 @@ def define_flags(defaults=None, *, finetune_flags=False):
         "invert_images", d.invert_images,
         "Invert pixel values (255 - value): a domain shift of the dataset.",
     )
+    flags.DEFINE_enum(
+        "preprocess_mode", d.preprocess_mode, data.preprocessing.PREPROCESS_MODES,
+        "Input normalization: tf: pixels scaled to [-1, 1]; torch: [0, 1], then ImageNet's "
+        "mean/std (torchvision, timm); caffe: BGR minus ImageNet's mean pixel "
+        "(keras.applications ResNet50); vgg: RGB minus TF-slim's VGG means (slim resnet_v1). "
+        "Unset: what --init_checkpoint's weights expect (its restore report says), else tf. "
+        "flags.json records the one used.",
+    )
     flags.DEFINE_integer("batch_size", d.batch_size, "Global batch size (over all replicas).")
     flags.DEFINE_integer("epochs", d.epochs, "Number of epochs.")
     flags.DEFINE_integer(
@@ -74,7 +82,8 @@ def define_flags(defaults=None, *, finetune_flags=False):
         "init_checkpoint", d.init_checkpoint,
         "Checkpoint to start from, in any format of normzoo.checkpoints.restore (.weights.h5, "
         ".keras, keras.applications .h5, a model_dir/checkpoints directory or prefix, TF-slim "
-        ".ckpt). It must hold --model with --norm; every variable is restored.",
+        ".ckpt, torchvision/timm .safetensors or .pth). It must hold --model with --norm; every "
+        "variable is restored. Its layout, input channels and preprocessing are taken.",
     )
     flags.mark_flag_as_required("init_checkpoint")
     flags.DEFINE_integer(

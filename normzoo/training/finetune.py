@@ -17,6 +17,8 @@ import tensorflow as tf
 from absl import logging
 
 from normzoo import bn, checkpoints, data, naming
+from normzoo.checkpoints.source import stem_kernel
+from normzoo.models import resnet
 from normzoo.training.steps import EvalStep, evaluate
 
 BN_MODES = {
@@ -103,6 +105,20 @@ def read_init_checkpoint(path, norm):
             f"builds norm={norm!r}: pass --norm={found}."
         )
     return source
+
+
+def checkpoint_inputs(source, model_name):
+    """What the init checkpoint `source` fixes about a run of model
+    `model_name`: {"preprocess_mode": the input preprocessing its weights
+    expect (`RestoreReport.preprocess_mode`), "channels": its first
+    convolution's input channels, "layout": its `normzoo.models.resnet`
+    layout (ImageNet ResNets only)}, each None where it does not say."""
+    _, stem = stem_kernel(source)
+    return {
+        "preprocess_mode": source.preprocess_mode,
+        "channels": None if stem is None else int(stem.value.shape[-2]),
+        "layout": (source.layout or source.config_layout) if model_name in resnet.VARIANTS else None,
+    }
 
 
 def _new_head_variables(model, source):

@@ -7,12 +7,17 @@ in `model_dir`:
 
     checkpoints/            tf.train.CheckpointManager: model (BatchNorm
                             statistics included), optimizer, step
-    tensorboard/            scalars per epoch
+    tensorboard/            scalars per epoch: those of metrics.json's
+                            history
     flags.json              the resolved configuration and environment
-    metrics.json            per-epoch history and the final figures; for
-                            a run started from `init_checkpoint`, the
-                            restored model's test figures before any step
-                            (`initial_test_accuracy`, `initial_test_loss`)
+    metrics.json            per-epoch history (losses, accuracies, learning
+                            rate, and where the epoch's time went: see
+                            `normzoo.training.stopwatch`) and the final
+                            figures (`time_this_run`: the same for this
+                            process's whole run); for a run started from
+                            `init_checkpoint`, the restored model's test
+                            figures before any step (`initial_test_accuracy`,
+                            `initial_test_loss`)
     restore_report.json     for a run started from `init_checkpoint`: what
                             was restored, skipped (a new classifier) and
                             ignored, and the BatchNorm audit after it
@@ -27,11 +32,21 @@ classes differs; `bn` says whether BatchNorm keeps training its statistics
 while fine-tuning (see `normzoo.training.finetune`).
 
 Running the same configuration again resumes from the last checkpoint in
-`model_dir` (never from `init_checkpoint` again); a finished run is not
-retrained. A non-finite loss stops the run before the
-next checkpoint is written, so the last checkpoint stays a good one.
+`model_dir` (never from `init_checkpoint` again), with the batch it would
+have seen next; a finished run is not retrained. A non-finite loss stops the
+run before the next checkpoint is written, so the last checkpoint stays a
+good one. The run's last log line says where its time went.
+
+How `train` runs, phase by phase (each a function below, the run's state in
+one `_Run`): `_plan` checks the configuration against the data and the
+model directory; `_build_model`; then `_run`: `_restore_or_initialize` (the
+optimizer, and the last checkpoint or `init_checkpoint`), `_record_start`
+(flags.json, the opening log), for each epoch left `_train_epoch` and
+`_evaluate_and_record` (metrics.json, TensorBoard, checkpoint), `_export`
+(final weights and metrics). One input iterator serves every epoch.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -48,6 +63,7 @@ from normzoo import bn, checkpoints, data, models, runtime
 from normzoo.naming import NORMS
 from normzoo.training import distribute, finetune
 from normzoo.training.steps import EvalStep, TrainStep, evaluate
+from normzoo.training.stopwatch import CHECKPOINT, EVAL, FIRST_STEP, INPUT_WAIT, STEP, Stopwatch
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
@@ -111,6 +127,18 @@ class TrainConfig:
     statistics re-estimated on the first training batches, then as
     "frozen_stats"). `invert_images` inverts the pixel
     values of the dataset (a domain shift, see `normzoo.data.load`).
+
+    Inputs: `preprocess_mode` is the normalization of every image (a mode
+    of `normzoo.data.load`: "tf", "torch", "caffe" or "vgg"); None feeds
+    what the init checkpoint's weights expect (its
+    `RestoreReport.preprocess_mode`: "torch" for torchvision and timm,
+    "caffe" for keras.applications' ResNet50, ...), or "tf" when there is
+    none or it does not say. `channels` (None: the init checkpoint's input
+    channels, else the dataset's; grey images become RGB for a 3-channel
+    checkpoint) and `layout` (None: the init checkpoint's, e.g.
+    "torchvision", else the model's default) come from the init checkpoint
+    the same way. `train` resolves all three before anything is built, and
+    flags.json records the values used; a resumed run takes them from there.
     """
 
     model: str = "resnet20"
@@ -144,6 +172,9 @@ class TrainConfig:
     init_checkpoint: str | None = None
     init_variables: str = "all"
     bn: str = "train"
+    preprocess_mode: str | None = None
+    channels: int | None = None
+    layout: str | None = None
 
     def validate(self):
         """Raises ConfigError naming the first invalid field and what is valid."""
@@ -157,6 +188,8 @@ class TrainConfig:
             "bn": BN_MODES,
             "init_variables": INIT_VARIABLES,
         }
+        if self.preprocess_mode is not None:
+            choices["preprocess_mode"] = data.preprocessing.PREPROCESS_MODES
         for field, valid in choices.items():
             if getattr(self, field) not in valid:
                 raise ConfigError(
@@ -280,18 +313,51 @@ _MODEL_FIELDS = (
     "bn",
     "init_checkpoint",
     "init_variables",
+    "preprocess_mode",
+    "channels",
+    "layout",
 )
 _DEFAULTS = TrainConfig()
+# Resolved before a run starts (from its init checkpoint) and recorded in
+# flags.json; a flags.json older than a field ran with these values.
+_INPUT_FIELDS = ("preprocess_mode", "channels", "layout")
+_UNRECORDED = {"preprocess_mode": "tf", "channels": None, "layout": None}
+
+
+def _saved_config(model_dir):
+    with open(os.path.join(model_dir, "flags.json")) as f:
+        return json.load(f)["config"]
+
+
+def _with_inputs(config, init_source, resumed):
+    """`config` with `_INPUT_FIELDS` left None resolved: from the init
+    checkpoint when the run starts from it, from model_dir/flags.json when
+    it resumes; preprocess_mode "tf" when nothing says."""
+    if init_source is not None:
+        found = finetune.checkpoint_inputs(init_source, config.model)
+    elif resumed and os.path.exists(os.path.join(config.model_dir, "flags.json")):
+        saved = _saved_config(config.model_dir)
+        found = {field: saved.get(field, _UNRECORDED[field]) for field in _INPUT_FIELDS}
+    else:
+        found = {}
+    values = {
+        field: found.get(field) if getattr(config, field) is None else getattr(config, field)
+        for field in _INPUT_FIELDS
+    }
+    values["preprocess_mode"] = values["preprocess_mode"] or "tf"
+    return dataclasses.replace(config, **values)
 
 
 def _check_same_model(config):
-    path = os.path.join(config.model_dir, "flags.json")
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(config.model_dir, "flags.json")):
         return
-    with open(path) as f:
-        saved = json.load(f)["config"]
+    saved = _saved_config(config.model_dir)
     # A field absent from an older flags.json had its default value.
-    changed = [f for f in _MODEL_FIELDS if saved.get(f, getattr(_DEFAULTS, f)) != getattr(config, f)]
+    changed = [
+        f
+        for f in _MODEL_FIELDS
+        if saved.get(f, _UNRECORDED.get(f, getattr(_DEFAULTS, f))) != getattr(config, f)
+    ]
     if changed:
         details = ", ".join(f"{f}={saved.get(f)!r} there, {getattr(config, f)!r} now" for f in changed)
         raise ConfigError(
@@ -306,9 +372,10 @@ def _log(config, message):
         print(message, flush=True)
 
 
-def _load(config, split, training, seed, input_context=None):
+def _load(config, split, training, input_context=None, **stream):
     """`config`'s dataset split in global batches of `config.batch_size`
-    (this pipeline's share of them with `input_context`)."""
+    (this pipeline's share of them with `input_context`); `stream`: the
+    `steps_per_epoch`, `epochs` and `start_step` of a training stream."""
     return data.load(
         config.dataset,
         split,
@@ -317,31 +384,32 @@ def _load(config, split, training, seed, input_context=None):
         input_context=input_context,
         training=training,
         image_size=config.image_size,
+        channels=config.channels,
+        preprocess_mode=config.preprocess_mode,
         invert=config.invert_images,
-        seed=seed,
+        seed=config.seed,
+        **stream,
     )
 
 
-def _distributed_dataset(strategy, config, split, training, seed, skip_batches=0):
+def _distributed_dataset(strategy, config, split, training, **stream):
     def dataset_fn(input_context):
         if config.input_sharding == "pipeline" or not training:
-            dataset = _load(config, split, training, seed, input_context)
-        else:
-            # Every pipeline builds the same global batches and keeps its own
-            # contiguous slice of each, split into per-replica batches.
-            pipelines = input_context.num_input_pipelines
-            per_pipeline = config.batch_size // pipelines
-            start = input_context.input_pipeline_id * per_pipeline
-            per_replica = input_context.get_per_replica_batch_size(config.batch_size)
-            dataset = _load(config, split, training, seed).map(
-                lambda images, labels: (
-                    images[start : start + per_pipeline],
-                    labels[start : start + per_pipeline],
-                )
+            return _load(config, split, training, input_context, **stream)
+        # Every pipeline builds the same global batches and keeps its own
+        # contiguous slice of each, split into per-replica batches.
+        pipelines = input_context.num_input_pipelines
+        per_pipeline = config.batch_size // pipelines
+        start = input_context.input_pipeline_id * per_pipeline
+        per_replica = input_context.get_per_replica_batch_size(config.batch_size)
+        dataset = _load(config, split, training, **stream).map(
+            lambda images, labels: (
+                images[start : start + per_pipeline],
+                labels[start : start + per_pipeline],
             )
-            dataset = dataset.unbatch().batch(per_replica, drop_remainder=True)
-            dataset = dataset.prefetch(tf.data.AUTOTUNE)
-        return dataset.skip(skip_batches) if skip_batches else dataset
+        )
+        dataset = dataset.unbatch().batch(per_replica, drop_remainder=True)
+        return dataset.prefetch(tf.data.AUTOTUNE)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -350,16 +418,21 @@ def _recalibrate(config, model):
     """Re-estimates the BatchNorm statistics of `model` on the first training
     batches (bn="recalibrated"). Every worker reads the same global batches,
     so every copy of the model gets the same statistics."""
-    batches = _load(config, config.train_split, True, config.seed).take(finetune.RECALIBRATION_BATCHES)
+    batches = _load(config, config.train_split, True).take(finetune.RECALIBRATION_BATCHES)
     examples = bn.recalibrate(model, batches)
     _log(config, f"bn=recalibrated: BatchNorm statistics re-estimated from {examples} training examples.")
 
 
-def _set_policy(mixed_precision):
+@contextlib.contextmanager
+def _precision_policy(mixed_precision):
+    """Keras' global dtype policy for the run, set back afterwards."""
     previous = keras.mixed_precision.global_policy().name
     if mixed_precision:
         keras.mixed_precision.set_global_policy(f"mixed_{mixed_precision}")
-    return previous
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def train(config, *, strategy=None):
@@ -379,13 +452,79 @@ def train(config, *, strategy=None):
     """
     config.validate()
     strategy = strategy or distribute.make_strategy(config.strategy, config.tpu)
+    config, plan = _plan(config, strategy)
+    with _precision_policy(config.mixed_precision):
+        keras.utils.set_random_seed(config.seed)
+        model = _build_model(config, strategy, plan)
+        return _run(config, strategy, model, plan)
+
+
+def _run(config, strategy, model, plan):
+    """The phases of a run on its freshly built model: restore or
+    initialize, the epochs left (each trained, then evaluated and
+    recorded), export."""
+    run = _restore_or_initialize(config, strategy, model, plan)
+    _record_start(run)
+    if run.step < config.epochs * plan.steps_per_epoch:
+        # One iterator for every epoch left: the input keeps flowing from one
+        # epoch into the next, and starts at the batch of the resumed step.
+        batches = iter(_distributed_dataset(
+            strategy, config, config.train_split, True,
+            steps_per_epoch=plan.steps_per_epoch, epochs=config.epochs, start_step=run.step,
+        ))
+        for epoch in range(run.step // plan.steps_per_epoch, config.epochs):
+            started = run.stopwatch.mark()
+            sums = _train_epoch(run, batches, epoch)
+            _evaluate_and_record(run, epoch, sums, started)
+    return _export(run)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What a run will do, settled (and checked) before anything is built.
+
+    `train_examples` is the size of `config.train_split`; `resume_from`
+    the checkpoint in `model_dir` to resume from (None: a new run);
+    `init_source` what `finetune.read_init_checkpoint` found in
+    `init_checkpoint` for a new run started from it; `started` when `train`
+    began (`time.perf_counter()`)."""
+
+    info: data.DataInfo
+    train_examples: int
+    steps_per_epoch: int
+    num_classes: int
+    chief: bool
+    out_dir: str
+    resume_from: str | None
+    init_source: object
+    started: float
+
+
+def _plan(config, strategy):
+    """`(config, plan)`: `config` with its inputs resolved (`_with_inputs`)
+    and what the run will do, checked before anything is built."""
+    started = time.perf_counter()
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ConfigError(
             f"batch_size={config.batch_size} does not divide over {replicas} replicas; "
             f"use a multiple of {replicas}."
         )
-    info = data.info(config.dataset, data_dir=config.data_dir, image_size=config.image_size)
+    # Every worker resumes from the chief's checkpoints.
+    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+    # A resumed run continues from its own checkpoint, never from the init one.
+    init_source = None
+    if config.init_checkpoint and not latest:
+        try:
+            init_source = finetune.read_init_checkpoint(config.init_checkpoint, config.norm)
+        except finetune.InitCheckpointError as error:
+            raise ConfigError(str(error)) from None
+    config = _with_inputs(config, init_source, bool(latest))
+    if latest:
+        _check_same_model(config)
+    info = data.info(
+        config.dataset, data_dir=config.data_dir, image_size=config.image_size, channels=config.channels
+    )
     try:
         train_examples = data.num_examples(config.dataset, config.train_split, data_dir=config.data_dir)
     except ValueError as error:
@@ -403,92 +542,100 @@ def train(config, *, strategy=None):
             f"{config.dataset}, whose labels go up to {info.num_classes - 1}; pass "
             f"num_classes >= {info.num_classes} or leave it unset."
         )
-    chief = distribute.is_chief(strategy)
-    out_dir = distribute.worker_dir(config.model_dir, strategy)
-    # Every worker resumes from the chief's checkpoints.
-    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
-    if latest:
-        _check_same_model(config)
-    # A resumed run continues from its own checkpoint, never from the init one.
-    init_source = None
-    if config.init_checkpoint and not latest:
-        try:
-            init_source = finetune.read_init_checkpoint(config.init_checkpoint, config.norm)
-        except finetune.InitCheckpointError as error:
-            raise ConfigError(str(error)) from None
-
-    previous_policy = _set_policy(config.mixed_precision)
-    try:
-        keras.utils.set_random_seed(config.seed)
-        with strategy.scope():
-            overrides = {}
-            if config.norm == "batch" and config.sync_bn:
-                overrides["synchronized_bn"] = True
-            if config.skipinit_alpha is not None:
-                overrides["skipinit_alpha"] = config.skipinit_alpha
-            model = models.build(
-                config.model,
-                norm=config.norm,
-                num_classes=num_classes,
-                input_shape=info.image_shape,
-                **overrides,
-            )
-            initialization = None
-            if init_source is not None:
-                try:
-                    initialization = finetune.initialize(
-                        model, config.init_checkpoint, init_source, init_variables=config.init_variables
-                    )
-                except checkpoints.RestoreError as error:
-                    raise ConfigError(
-                        f"init_checkpoint={config.init_checkpoint!r} does not fit "
-                        f"model={config.model!r} norm={config.norm!r}: {error}"
-                    ) from None
-                # The baseline that fine-tuning is to improve on.
-                test = evaluate(
-                    EvalStep(model, strategy),
-                    _distributed_dataset(strategy, config, info.test_split, False, config.seed),
-                )
-                initialization = dataclasses.replace(initialization, test=test)
-            if config.bn == "recalibrated" and not latest:  # a resume restores them
-                _recalibrate(config, model)
-            # Before the optimizer sees the trainable variables (bn="frozen"
-            # makes gamma and beta non-trainable).
-            finetune.set_bn_mode(model, config.bn)
-            optimizer = make_optimizer(config, steps_per_epoch)
-            optimizer.build(model.trainable_variables)
-            checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-        os.makedirs(out_dir, exist_ok=True)
-        result = _run(
-            config, strategy, model, optimizer, checkpoint, info, steps_per_epoch, chief,
-            out_dir, latest, initialization,
-        )
-        return dataclasses.replace(result, initialization=initialization)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
-
-
-def _run(
-    config, strategy, model, optimizer, checkpoint, info, steps_per_epoch, chief, out_dir,
-    latest, initialization,
-):
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(out_dir, "checkpoints"), max_to_keep=config.max_checkpoints
+    return config, _Plan(
+        info=info,
+        train_examples=train_examples,
+        steps_per_epoch=steps_per_epoch,
+        num_classes=num_classes,
+        chief=distribute.is_chief(strategy),
+        out_dir=distribute.worker_dir(config.model_dir, strategy),
+        resume_from=latest,
+        init_source=init_source,
+        started=started,
     )
-    if latest:
+
+
+def _build_model(config, strategy, plan):
+    overrides = {}
+    if config.norm == "batch" and config.sync_bn:
+        overrides["synchronized_bn"] = True
+    if config.skipinit_alpha is not None:
+        overrides["skipinit_alpha"] = config.skipinit_alpha
+    if config.layout is not None:
+        overrides["layout"] = config.layout
+    with strategy.scope():
+        return models.build(
+            config.model,
+            norm=config.norm,
+            num_classes=plan.num_classes,
+            input_shape=plan.info.image_shape,
+            **overrides,
+        )
+
+
+@dataclasses.dataclass
+class _Run:
+    """A run in progress: what it trains with, where it writes, how far it
+    got (`step`, `history`) and where its time went (`stopwatch`)."""
+
+    config: TrainConfig
+    strategy: tf.distribute.Strategy
+    plan: _Plan
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    manager: tf.train.CheckpointManager
+    train_step: TrainStep
+    eval_step: EvalStep
+    eval_batches: object  # the distributed test split, iterated after every epoch
+    writer: object  # TensorBoard's summary writer
+    initialization: finetune.Initialization | None
+    baseline: dict  # metrics.json's figures of the restored model, before fine-tuning
+    history: list
+    step: int
+    last_saved: int
+    stopwatch: Stopwatch
+    epochs_started: float = 0.0  # time.time() when this process's first epoch began
+
+    @property
+    def metrics_path(self):
+        return os.path.join(self.plan.out_dir, "metrics.json")
+
+    def log(self, message):
+        _log(self.config, message)
+
+
+def _restore_or_initialize(config, strategy, model, plan):
+    """Makes the optimizer and restores the run's last checkpoint, or for a
+    new run from `init_checkpoint` restores that into the model; returns
+    the `_Run`."""
+    eval_step = EvalStep(model, strategy)
+    eval_batches = _distributed_dataset(strategy, config, plan.info.test_split, False)
+    initialization = None
+    with strategy.scope():
+        if plan.init_source is not None:
+            initialization = _initialize(config, model, plan, eval_step, eval_batches)
+        if config.bn == "recalibrated" and not plan.resume_from:  # a resume restores them
+            _recalibrate(config, model)
+        # Before the optimizer sees the trainable variables (bn="frozen"
+        # makes gamma and beta non-trainable).
+        finetune.set_bn_mode(model, config.bn)
+        optimizer = make_optimizer(config, plan.steps_per_epoch)
+        optimizer.build(model.trainable_variables)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    os.makedirs(plan.out_dir, exist_ok=True)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(plan.out_dir, "checkpoints"), max_to_keep=config.max_checkpoints
+    )
+    if plan.resume_from:
         # Every variable, BatchNorm statistics and optimizer slots included.
-        checkpoint.restore(latest).assert_consumed()
+        checkpoint.restore(plan.resume_from).assert_consumed()
         if config.schedule == "constant":
             # A constant learning rate is an optimizer variable, restored with
             # the rest; the flag given now wins.
             optimizer.learning_rate = config.learning_rate
     step = int(optimizer.iterations.numpy())
-    total_steps = config.epochs * steps_per_epoch
-    metrics_path = os.path.join(out_dir, "metrics.json")
-    previous = _read_metrics(metrics_path)
-    history = [h for h in previous.get("history", []) if h["epoch"] < step // steps_per_epoch]
-    # Measured when the run started from init_checkpoint; a resumed run keeps
-    # the figures of that start.
+    previous = _read_metrics(os.path.join(plan.out_dir, "metrics.json"))
+    # A resumed run keeps the figures of its start from init_checkpoint.
     if initialization is not None:
         baseline = {
             "initial_test_accuracy": initialization.test["accuracy"],
@@ -496,142 +643,207 @@ def _run(
         }
     else:
         baseline = {key: previous[key] for key in _BASELINE_KEYS if key in previous}
+    return _Run(
+        config=config,
+        strategy=strategy,
+        plan=plan,
+        model=model,
+        optimizer=optimizer,
+        manager=manager,
+        train_step=TrainStep(model, optimizer, strategy, config.batch_size, config.jit_compile),
+        eval_step=eval_step,
+        eval_batches=eval_batches,
+        writer=tf.summary.create_file_writer(os.path.join(plan.out_dir, "tensorboard")),
+        initialization=initialization,
+        baseline=baseline,
+        history=[h for h in previous.get("history", []) if h["epoch"] < step // plan.steps_per_epoch],
+        step=step,
+        last_saved=step,
+        stopwatch=Stopwatch(start=plan.started),
+    )
 
-    train_step = TrainStep(model, optimizer, strategy, config.batch_size, config.jit_compile)
-    eval_step = EvalStep(model, strategy)
-    writer = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard"))
-    environment = _environment(strategy, train_step, steps_per_epoch)
-    if chief:
+
+def _initialize(config, model, plan, eval_step, eval_batches):
+    """Restores `init_checkpoint` into `model` and measures the restored
+    model on the test split: the baseline that fine-tuning is to improve on."""
+    try:
+        initialization = finetune.initialize(
+            model, config.init_checkpoint, plan.init_source, init_variables=config.init_variables
+        )
+    except checkpoints.RestoreError as error:
+        raise ConfigError(
+            f"init_checkpoint={config.init_checkpoint!r} does not fit "
+            f"model={config.model!r} norm={config.norm!r}: {error}"
+        ) from None
+    return dataclasses.replace(initialization, test=evaluate(eval_step, eval_batches))
+
+
+def _record_start(run):
+    """flags.json, and the log lines that open a run."""
+    config, plan = run.config, run.plan
+    info = plan.info
+    environment = _environment(run.strategy, run.train_step, plan.steps_per_epoch)
+    if plan.chief:
         _write_json(
-            os.path.join(out_dir, "flags.json"),
+            os.path.join(plan.out_dir, "flags.json"),
             {"config": dataclasses.asdict(config), "environment": environment},
         )
-    _log(
-        config,
+    run.log(
         f"normzoo: {config.model} norm={config.norm} on {config.dataset} "
-        f"({data.num_examples(config.dataset, config.train_split, data_dir=config.data_dir)} "
-        f"{config.train_split} / {info.test_examples} test, image {info.image_shape}); "
-        f"{model.count_params():,} parameters; {environment['num_replicas']} replica(s); "
-        f"global batch {config.batch_size}; {steps_per_epoch} steps/epoch x {config.epochs} epochs",
+        f"({plan.train_examples} {config.train_split} / {info.test_examples} test, "
+        f"image {info.image_shape}); "
+        f"{run.model.count_params():,} parameters; {environment['num_replicas']} replica(s); "
+        f"global batch {config.batch_size}; {plan.steps_per_epoch} steps/epoch x {config.epochs} epochs",
     )
-    if latest:
-        _log(config, f"Resumed from {latest} at step {step}.")
-    if initialization is not None:
-        _log_initialization(config, initialization, chief, out_dir)
+    if plan.resume_from:
+        run.log(f"Resumed from {plan.resume_from} at step {run.step}.")
+    if run.initialization is not None:
+        _log_initialization(config, run.initialization, plan.chief, plan.out_dir)
+    run.epochs_started = time.time()
 
-    started = time.time()
-    described = False
-    last_saved = step
-    for epoch in range(step // steps_per_epoch, config.epochs):
-        skip = step - epoch * steps_per_epoch
-        dataset = _distributed_dataset(
-            strategy, config, config.train_split, True, config.seed + epoch, skip_batches=skip
-        )
-        iterator = iter(dataset)
-        progress = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
-        if config.verbose and chief:
-            print(f"Epoch {epoch + 1}/{config.epochs}", flush=True)
-        sums = np.zeros(3)
-        for _ in range(skip, steps_per_epoch):
-            images, labels = next(iterator)
-            result = np.array([float(v) for v in train_step(images, labels)])
-            if not described:
-                _log(config, f"Training step: {train_step.describe()}.")
-                described = True
-            step += 1
-            if not math.isfinite(result[0]):
-                raise TrainingDiverged(
-                    f"The training loss became {result[0] / result[2]} at step {step}; stopped "
-                    f"before writing a checkpoint. The last good checkpoint is kept: "
-                    f"{manager.latest_checkpoint or 'none was written yet'}. Lower "
-                    f"--learning_rate or add warm-up (--warmup_epochs)."
-                )
-            sums += result
-            if config.verbose and chief:
-                progress.update(
-                    step - epoch * steps_per_epoch,
-                    [("loss", sums[0] / sums[2]), ("accuracy", sums[1] / sums[2])],
-                )
-            # An epoch's last step is checkpointed after its metrics are written.
-            if config.checkpoint_steps and step % config.checkpoint_steps == 0 and step % steps_per_epoch:
-                _save_checkpoint(manager, model, optimizer, step)
-                last_saved = step
-        test = evaluate(eval_step, _distributed_dataset(strategy, config, info.test_split, False, config.seed))
-        record = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": sums[0] / max(sums[2], 1),
-            "train_accuracy": sums[1] / max(sums[2], 1),
-            "test_loss": test["loss"],
-            "test_accuracy": test["accuracy"],
-            "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
-        }
-        history.append(record)
-        with writer.as_default(step=step):
-            for key, value in record.items():
-                if key not in ("epoch", "step"):
-                    tf.summary.scalar(key, value)
-        writer.flush()
-        # Before the checkpoint: a run killed in between redoes this epoch's
-        # last steps and replaces its record (see `history` above).
-        _write_json(
-            metrics_path, {"steps": step, "total_steps": total_steps, **baseline, "history": history}
-        )
-        if last_saved != step:
-            _save_checkpoint(manager, model, optimizer, step)
-            last_saved = step
-        _log(
-            config,
-            f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f} "
-            f"accuracy {record['train_accuracy']:.4f}; test loss {test['loss']:.4f} "
-            f"accuracy {test['accuracy']:.4f}",
-        )
 
-    if not history:  # nothing left to train: report the restored model
-        test = evaluate(eval_step, _distributed_dataset(strategy, config, info.test_split, False, config.seed))
-        history.append({"epoch": config.epochs - 1, "step": step, "test_loss": test["loss"],
-                        "test_accuracy": test["accuracy"]})
-    weights_path = os.path.join(out_dir, "model.weights.h5")
-    checkpoints.save_weights(model, weights_path)
+def _train_epoch(run, batches, epoch):
+    """Trains `epoch` from the run's step to its end; returns the sums of
+    (loss, correct predictions, examples) over its steps."""
+    config, plan = run.config, run.plan
+    steps_per_epoch = plan.steps_per_epoch
+    progress = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
+    if config.verbose and plan.chief:
+        print(f"Epoch {epoch + 1}/{config.epochs}", flush=True)
+    sums = np.zeros(3)
+    for _ in range(run.step - epoch * steps_per_epoch, steps_per_epoch):
+        with run.stopwatch.timing(INPUT_WAIT):
+            images, labels = next(batches)
+        # The first step of a process traces (and compiles) it: timed apart.
+        part = STEP if run.stopwatch.calls[FIRST_STEP] else FIRST_STEP
+        with run.stopwatch.timing(part):
+            result = np.array([float(v) for v in run.train_step(images, labels)])
+        if part == FIRST_STEP:
+            run.log(f"Training step: {run.train_step.describe()}.")
+        run.step += 1
+        if not math.isfinite(result[0]):
+            raise TrainingDiverged(
+                f"The training loss became {result[0] / result[2]} at step {run.step}; stopped "
+                f"before writing a checkpoint. The last good checkpoint is kept: "
+                f"{run.manager.latest_checkpoint or 'none was written yet'}. Lower "
+                f"--learning_rate or add warm-up (--warmup_epochs)."
+            )
+        sums += result
+        if config.verbose and plan.chief:
+            progress.update(
+                run.step - epoch * steps_per_epoch,
+                [("loss", sums[0] / sums[2]), ("accuracy", sums[1] / sums[2])],
+            )
+        # An epoch's last step is checkpointed after its metrics are written.
+        if config.checkpoint_steps and run.step % config.checkpoint_steps == 0 and run.step % steps_per_epoch:
+            _save_checkpoint(run)
+    return sums
+
+
+def _evaluate_and_record(run, epoch, sums, started):
+    """Evaluates after `epoch`, writes its record (metrics.json, TensorBoard)
+    and its checkpoint, and logs it; `started`: the stopwatch's mark when
+    the epoch began."""
+    config = run.config
+    with run.stopwatch.timing(EVAL):
+        test = evaluate(run.eval_step, run.eval_batches)
+    record = {
+        "epoch": epoch,
+        "step": run.step,
+        "train_loss": sums[0] / max(sums[2], 1),
+        "train_accuracy": sums[1] / max(sums[2], 1),
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        "learning_rate": float(keras.ops.convert_to_numpy(run.optimizer.learning_rate)),
+    }
+    run.history.append(record)
+    # Before the checkpoint: a run killed in between redoes this epoch's
+    # last steps and replaces its record (see `history` in _restore_or_initialize).
+    _write_metrics(run)
+    if run.last_saved != run.step:
+        _save_checkpoint(run)
+    # The epoch's times include its checkpoint, so they complete its record
+    # once that is written.
+    record.update(run.stopwatch.figures(config.batch_size, since=started))
+    _write_metrics(run)
+    with run.writer.as_default(step=run.step):
+        for key, value in record.items():
+            if key not in ("epoch", "step") and value is not None:
+                tf.summary.scalar(key, value)
+    run.writer.flush()
+    run.log(
+        f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f} "
+        f"accuracy {record['train_accuracy']:.4f}; test loss {test['loss']:.4f} "
+        f"accuracy {test['accuracy']:.4f}",
+    )
+
+
+def _write_metrics(run):
+    _write_json(
+        run.metrics_path,
+        {
+            "steps": run.step,
+            "total_steps": run.config.epochs * run.plan.steps_per_epoch,
+            **run.baseline,
+            "history": run.history,
+        },
+    )
+
+
+def _export(run):
+    """Writes the final weights and metrics, and logs where the time went;
+    returns the `TrainResult`."""
+    config = run.config
+    if not run.history:  # nothing left to train: report the restored model
+        with run.stopwatch.timing(EVAL):
+            test = evaluate(run.eval_step, run.eval_batches)
+        run.history.append({"epoch": config.epochs - 1, "step": run.step, "test_loss": test["loss"],
+                            "test_accuracy": test["accuracy"]})
+    weights_path = os.path.join(run.plan.out_dir, "model.weights.h5")
+    checkpoints.save_weights(run.model, weights_path)
     final = {
         "model": config.model,
         "norm": config.norm,
         "dataset": config.dataset,
-        "steps": step,
-        "total_steps": total_steps,
-        "test_accuracy": history[-1]["test_accuracy"],
-        "test_loss": history[-1]["test_loss"],
-        **baseline,
-        "train_seconds_this_run": time.time() - started,
-        "xla": train_step.describe(),
-        "history": history,
+        "steps": run.step,
+        "total_steps": config.epochs * run.plan.steps_per_epoch,
+        "test_accuracy": run.history[-1]["test_accuracy"],
+        "test_loss": run.history[-1]["test_loss"],
+        **run.baseline,
+        "train_seconds_this_run": time.time() - run.epochs_started,
+        "time_this_run": run.stopwatch.figures(config.batch_size),
+        "xla": run.train_step.describe(),
+        "history": run.history,
     }
-    _write_json(metrics_path, final)
-    _log(config, f"Final test accuracy {final['test_accuracy']:.4f}; wrote {weights_path}.")
-    return TrainResult(model=model, metrics=final)
+    _write_json(run.metrics_path, final)
+    run.log(f"Final test accuracy {final['test_accuracy']:.4f}; wrote {weights_path}.")
+    run.log(run.stopwatch.summary(final["time_this_run"]))
+    return TrainResult(model=run.model, metrics=final, initialization=run.initialization)
 
 
-def _save_checkpoint(manager, model, optimizer, step):
+def _save_checkpoint(run):
     """Saves a checkpoint unless a variable is NaN or infinite.
 
     An update can make variables non-finite while the loss of its own step
     was still finite (an overflowing gradient); the loss only shows it one
     step later, after the checkpoint would have been written.
     """
-    non_finite = [
-        variable.path
-        for variable in [*model.variables, *optimizer.variables]
-        if tf.as_dtype(variable.dtype).is_floating
-        and not bool(tf.reduce_all(tf.math.is_finite(variable)))
-    ]
-    if non_finite:
-        raise TrainingDiverged(
-            f"{len(non_finite)} variable(s) became NaN or infinite at step {step} "
-            f"({', '.join(non_finite[:5])}); stopped before writing a checkpoint. The last good "
-            f"checkpoint is kept: {manager.latest_checkpoint or 'none was written yet'}. Lower "
-            f"--learning_rate or add warm-up (--warmup_epochs)."
-        )
-    manager.save(checkpoint_number=step)
+    with run.stopwatch.timing(CHECKPOINT):
+        non_finite = [
+            variable.path
+            for variable in [*run.model.variables, *run.optimizer.variables]
+            if tf.as_dtype(variable.dtype).is_floating
+            and not bool(tf.reduce_all(tf.math.is_finite(variable)))
+        ]
+        if non_finite:
+            raise TrainingDiverged(
+                f"{len(non_finite)} variable(s) became NaN or infinite at step {run.step} "
+                f"({', '.join(non_finite[:5])}); stopped before writing a checkpoint. The last good "
+                f"checkpoint is kept: {run.manager.latest_checkpoint or 'none was written yet'}. Lower "
+                f"--learning_rate or add warm-up (--warmup_epochs)."
+            )
+        run.manager.save(checkpoint_number=run.step)
+    run.last_saved = run.step
 
 
 def _log_initialization(config, initialization, chief, out_dir):

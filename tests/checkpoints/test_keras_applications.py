@@ -84,6 +84,8 @@ def test_distributed_weights_file_builds_the_keras_applications_model(
     tools.assert_same_outputs(model(inputs, training=False).numpy(), expected)
     preactivation = name.endswith("v2")
     tools.assert_statistics_matter(model, inputs, expected, FIRST_AND_LAST_NORM[preactivation])
+    # keras.applications' resnet.preprocess_input is mode "caffe", resnet_v2's "tf".
+    assert model.restore_report.preprocess_mode == ("tf" if preactivation else "caffe")
 
 
 @pytest.fixture(scope="module")

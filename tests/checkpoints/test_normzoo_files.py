@@ -41,6 +41,8 @@ def test_training_outputs_restore_the_trained_model(relative_path, expected_form
 
     report = restored.restore_report
     assert report.format == expected_format and report.complete
+    # What the run fed, as its flags.json records it.
+    assert report.preprocess_mode == "tf" and "flags.json" in report.preprocessing_origin
     # TensorFlow's CRC32C per tensor, or save_weights' sha256 per tensor.
     assert report.verified, report
     assert len(report.restored) == len(restored.weights) == len(model.weights)
@@ -114,6 +116,8 @@ def test_weights_file_builds_the_norm_width_and_classes_it_holds(
 
     assert model.count_params() == source.count_params()
     assert model.output_shape == (None, 5)
+    # Nothing next to a bare weights file says what its inputs were.
+    assert model.restore_report.preprocess_mode is None
     np.testing.assert_array_equal(
         model(inputs, training=False).numpy(), source(inputs, training=False).numpy()
     )

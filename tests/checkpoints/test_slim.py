@@ -20,6 +20,10 @@ SLIM = {
         ["conv2_block1_preact_bn", "conv4_block6_1_bn", "post_bn"],
     ),
 }
+# The preprocessing TF-slim's checkpoints were trained with: research/slim's
+# preprocessing_factory maps resnet_v1 to vgg_preprocessing; its README says
+# "ResNet V2 models use Inception pre-processing" ([-1, 1]).
+PREPROCESSING = {"resnet_v1_50": "vgg", "resnet_v2_50": "tf"}
 
 
 @pytest.mark.parametrize("network", sorted(SLIM))
@@ -34,6 +38,7 @@ def test_slim_checkpoint_builds_a_model_with_slims_logits(network, slim_checkpoi
 
     report = model.restore_report
     assert report.format == "tf_slim" and report.complete
+    assert report.preprocess_mode == PREPROCESSING[network]
     assert sorted(report.restored) == sorted(v.path for v in model.weights)
     assert model.output_shape == (None, num_classes)
     assert model.get_layer("pool1_pool").padding == "same"  # the "slim" layout

@@ -159,6 +159,46 @@ def test_each_training_pass_is_shuffled_and_augmented_anew(data_dir, sklearn_spl
     assert _examples(first_pass) != _examples(second_pass)
 
 
+@pytest.mark.parametrize("input_context", [None, _TWO_REPLICAS], ids=["one_replica", "two_replicas"])
+def test_training_epochs_are_the_streams_of_seed_plus_epoch_from_any_start_step(data_dir, input_context):
+    """One stream of epochs yields what a loop building `load(seed=seed +
+    epoch)` anew for every epoch would take from each (the reference), and
+    `start_step` lands on exactly the batch that loop would reach, also
+    when two replicas take two batches per step."""
+    steps_per_epoch, per_step = 4, 1 if input_context is None else 2
+
+    def load(**kwargs):
+        return normzoo.data.load(
+            "digits", "train", data_dir=data_dir, global_batch_size=32, training=True,
+            input_context=input_context, **kwargs,
+        )
+
+    reference = []
+    for epoch in range(3):
+        reference += _batches(load(seed=5 + epoch), steps_per_epoch * per_step)
+    for start_step in (0, 6):
+        stream = load(seed=5, steps_per_epoch=steps_per_epoch, epochs=3, start_step=start_step)
+        expected = reference[start_step * per_step :]
+        for (images, labels), (reference_images, reference_labels) in zip(
+            _batches(stream), expected, strict=True
+        ):
+            np.testing.assert_array_equal(images, reference_images)
+            np.testing.assert_array_equal(labels, reference_labels)
+
+
+def test_epochs_and_start_step_are_for_training_only(data_dir):
+    with pytest.raises(ValueError, match="organize the training stream"):
+        normzoo.data.load(
+            "digits", "test", data_dir=data_dir, global_batch_size=8, training=False, start_step=1
+        )
+    for epochs, start_step in ((None, 0), (2, 6)):
+        with pytest.raises(ValueError, match="needs positive steps_per_epoch and epochs"):
+            normzoo.data.load(
+                "digits", "train", data_dir=data_dir, global_batch_size=8, training=True,
+                steps_per_epoch=3, epochs=epochs, start_step=start_step,
+            )
+
+
 def test_input_pipelines_read_disjoint_shares_that_cover_the_split(data_dir):
     whole = normzoo.data.load(
         "digits", "test", data_dir=data_dir, global_batch_size=40, training=False

@@ -17,6 +17,7 @@ NUM_CLASSES = 5
 TINY_FAMILIES = {
     "imagenet_v1_basic": ("resnet18", {"input_shape": (32, 32, 3), "width": 8}),
     "imagenet_v1_bottleneck": ("resnet50", {"input_shape": (32, 32, 3), "width": 8}),
+    "imagenet_resnet_d": ("resnet50d", {"input_shape": (32, 32, 3), "width": 8}),
     "imagenet_v2": ("resnet50v2", {"input_shape": (32, 32, 3), "width": 8}),
     "cifar": ("resnet20", {"input_shape": (16, 16, 3), "width": 4}),
     "wide": ("wrn_16_1", {"input_shape": (16, 16, 3)}),

@@ -166,3 +166,37 @@ def test_strided_convolutions_pad_as_torchvision_and_slim(kernel_size, size):
 def test_a_layout_a_source_does_not_have_is_refused_with_the_valid_ones():
     with pytest.raises(ValueError, match="valid layouts: keras, slim"):
         models.build("resnet50v2", layout="torchvision")
+
+
+@pytest.mark.parametrize("name", ["wide_resnet50_2", "resnet50d"])
+def test_torchvision_and_timm_variants_default_to_their_layout(name):
+    model = models.build(name, input_shape=(64, 64, 3))
+    assert not any(layer.use_bias for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert {(layer.epsilon, layer.momentum) for layer in model.layers if layer.name.endswith("_bn")} == {
+        (1e-5, 0.9)
+    }
+    # v1.5: the stride of a downsampling bottleneck is in its 3x3 convolution.
+    assert model.get_layer("conv3_block1_2_conv").strides == (2, 2)
+
+
+def test_resnet_d_has_a_deep_stem_and_average_pool_shortcuts():
+    # He et al. 2019 ("Bag of Tricks", Figure 2c): three 3x3 convolutions of
+    # width/2, width/2 and width channels, the first strided; a downsampling
+    # shortcut averages 2x2 windows, then an unstrided 1x1 convolution.
+    model = models.build("resnet50d", width=16, input_shape=(64, 64, 3))
+    stem = [model.get_layer(f"conv1_{j}_conv") for j in (1, 2, 3)]
+    assert [(c.filters, c.kernel_size, c.strides) for c in stem] == [
+        (8, (3, 3), (2, 2)), (8, (3, 3), (1, 1)), (16, (3, 3), (1, 1))
+    ]
+    for stage in (3, 4, 5):
+        pool = model.get_layer(f"conv{stage}_block1_0_pool")
+        assert isinstance(pool, keras.layers.AveragePooling2D) and pool.strides == (2, 2)
+        assert model.get_layer(f"conv{stage}_block1_0_conv").strides == (1, 1)
+    # conv2's first unit keeps the resolution: its projection is unpooled.
+    assert model.get_layer("conv2_block1_0_conv").strides == (1, 1)
+    assert "conv2_block1_0_pool" not in [layer.name for layer in model.layers]
+
+
+def test_resnet_d_refuses_an_odd_width_naming_it():
+    with pytest.raises(ValueError, match="width=7 is odd"):
+        models.build("resnet18d", width=7)

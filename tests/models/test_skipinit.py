@@ -10,6 +10,7 @@ import numpy as np
 _IDENTITY_BLOCKS = {
     "imagenet_v1_basic": 5,  # resnet18: all but the first unit of conv3..conv5
     "imagenet_v1_bottleneck": 12,  # resnet50: all but each stage's first unit
+    "imagenet_resnet_d": 12,  # resnet50d: the same units as resnet50
     "imagenet_v2": 9,  # keras ResNet50V2: also minus the last unit of conv2..conv4
     "cifar": 7,  # resnet20: all but the first unit of the two strided stages
     "wide": 4,  # wrn_16_1: both units of stage 1, the second of stages 2 and 3

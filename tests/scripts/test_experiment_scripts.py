@@ -53,9 +53,13 @@ def test_depth_sweep_selects_each_cells_rate_and_repeats_it_with_the_other_seed(
         assert row["status"] == "trained", row
         assert 0.0 <= row["validation_accuracy"] <= 1.0 and row["steps"] == 2
         assert math.isfinite(row["final_train_loss"])
+        # The run's own stopwatch times parts of the cell's wall time (rounded to 0.1 s).
+        spent = row["time_this_run"]
+        assert 0 < spent["step_seconds"] + spent["first_step_seconds"] < row["seconds"] + 0.05
     assert [claim["verdict"] for claim in record["claims"]] == ["not tested"] * 3
     table = (tmp_path / "results" / "sweep.md").read_text()
     assert "| WRN-10-1 |" in table and "skipinit_rsqrt" in table and "| claim | verdict |" in table
+    assert "Share of the wall time in training steps" in table
     assert (tmp_path / "results" / "sweep.png").read_bytes()[:8] == _PNG_MAGIC
 
 

@@ -39,11 +39,16 @@ def test_checkpoint_restores_every_variable_and_its_accuracy(entry):
     assert len(stored) == len(model.variables)
     for variable, initial in zip(model.variables, before):
         assert not np.array_equal(variable.numpy(), initial), variable.path
+    # The restore report says what the run fed, from the manifest.
+    source = normzoo.checkpoints.read(path)
+    assert source.preprocess_mode == entry["preprocess_mode"] == "tf"
+    assert "manifest.json" in source.preprocessing_origin
     strategy = tf.distribute.get_strategy()
     dataset = strategy.distribute_datasets_from_function(
         lambda context: normzoo.data.load(
             entry["dataset"], info.test_split, global_batch_size=100, training=False,
             image_size=entry["image_size"], input_context=context,
+            preprocess_mode=source.preprocess_mode,
         )
     )
     accuracy = evaluate(EvalStep(model, strategy), dataset)["accuracy"]
