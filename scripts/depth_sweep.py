@@ -35,7 +35,7 @@ Writes `<output>.json` (flags, splits, environment, claims, one summary per
 cell, every run), `<output>.md` (claims and tables) and `<output>.png`.
 
     python scripts/depth_sweep.py --output=scripts/results/depth_sweep
-    python scripts/depth_sweep.py --depths=1000 --norms=skipinit0 --learning_rates=0.1 --seeds=0 --epochs=1 --steps_per_epoch=10
+    python scripts/depth_sweep.py --depths=1000 --norms=skipinit0 --learning_rates=0.05 --seeds=0 --epochs=1 --steps_per_epoch=10
 """
 
 import os
