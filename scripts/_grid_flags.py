@@ -1,5 +1,8 @@
 """The flags that scripts/depth_sweep.py and scripts/batch_size_sensitivity.py
-share: which normalizations, which data, weight decay and seed."""
+share (which normalizations, which data, the validation split, weight decay
+and seeds), and their common `main`: a learning-rate grid per cell."""
+
+import dataclasses
 
 from absl import flags
 
@@ -7,11 +10,14 @@ FLAGS = flags.FLAGS
 
 
 def define(norms):
-    """Defines --norms (labels of `normzoo.experiments.NORM_VARIANTS`, `norms`
-    by default and the only ones allowed), --dataset, --data_dir,
-    --image_size, --weight_decay and --seed."""
+    """Defines --norms (labels of `normzoo.experiments.NORM_VARIANTS`,
+    `norms` by default and the only ones allowed), --dataset, --data_dir, --image_size, --validation_fraction,
+    --weight_decay and --seeds."""
     flags.DEFINE_list(
-        "norms", list(norms), f"Normalizations: {', '.join(norms)} (skipinitA: alpha = A)."
+        "norms",
+        list(norms),
+        f"Normalizations: {', '.join(norms)} (skipinitA: alpha = A; skipinit_rsqrt: alpha = "
+        "1/sqrt(d) for d residual blocks).",
     )
     flags.register_validator(
         "norms",
@@ -21,18 +27,53 @@ def define(norms):
     flags.DEFINE_string("dataset", "digits", "TFDS dataset; 'digits' is embedded.")
     flags.DEFINE_string("data_dir", None, "TFDS data directory holding prepared datasets.")
     flags.DEFINE_integer("image_size", 8, "Resize images to this size (digits are 8x8).")
+    flags.DEFINE_float(
+        "validation_fraction",
+        0.2,
+        "Share of the training split held out (its last examples) to select each cell's "
+        "learning rate on; the cells train on the rest, and the test split is never used "
+        "to select.",
+    )
     flags.DEFINE_float("weight_decay", 5e-4, "Decoupled weight decay.")
-    flags.DEFINE_integer("seed", 0, "Seed of the initialization and the data order.")
+    define_integer_list(
+        "seeds",
+        ["0", "1"],
+        "Seeds of the initialization and the data order: the first for the whole "
+        "learning-rate grid, the others at the selected rate only (the spread over seeds).",
+        minimum=0,
+    )
 
 
-def define_integer_list(name, default, help_text):
-    """A list flag whose values must all be positive integers."""
+def define_integer_list(name, default, help_text, *, minimum=1):
+    """A list flag whose values must all be integers >= `minimum`."""
     flags.DEFINE_list(name, default, help_text)
     flags.register_validator(
         name,
-        lambda values: bool(values) and all(value.isdigit() and int(value) > 0 for value in values),
-        message=f"--{name} must be a non-empty list of positive integers.",
+        lambda values: bool(values) and all(value.isdigit() and int(value) >= minimum for value in values),
+        message=f"--{name} must be a non-empty list of integers >= {minimum}.",
     )
+
+
+def _positive_floats(values):
+    try:
+        return bool(values) and all(0 < float(value) < float("inf") for value in values)
+    except ValueError:
+        return False
+
+
+def define_learning_rates(default, help_text):
+    """--learning_rates: a non-empty list of positive numbers, the grid."""
+    flags.DEFINE_list("learning_rates", default, help_text)
+    flags.register_validator(
+        "learning_rates",
+        _positive_floats,
+        message="--learning_rates must be a non-empty list of positive numbers, e.g. 0.05,0.1,0.2.",
+    )
+
+
+def learning_rates():
+    """The --learning_rates grid as sorted, distinct floats."""
+    return sorted({float(value) for value in FLAGS.learning_rates})
 
 
 def base_config(**fields):
@@ -44,17 +85,22 @@ def base_config(**fields):
         data_dir=FLAGS.data_dir,
         image_size=FLAGS.image_size,
         weight_decay=FLAGS.weight_decay,
-        seed=FLAGS.seed,
+        seed=int(FLAGS.seeds[0]),
         verbose=False,
         **fields,
     )
 
 
-def run_and_write(argv, cells, flag_names, markdown, **record_fields):
-    """The `main` of a grid script: checks the command line, trains every
-    cell of `cells()`, and writes --output's JSON (the values of
-    `flag_names`, `record_fields`, the environment and every cell) and
-    markdown (`markdown(rows)`). Returns the rows and the paths written."""
+def run_and_write(argv, cells, cell_keys, flag_names, markdown, claims, **record_fields):
+    """The `main` of a grid script: checks the command line, carves the
+    validation split out of the training split, runs
+    `normzoo.experiments.run_rate_grid` on `cells()` (triples of labels, a
+    `TrainConfig` and its learning rates; each config is trained on the
+    rest of the training split), and writes --output's JSON (the values of
+    `flag_names`, the splits, `record_fields`, the environment, the claims,
+    one summary per cell and every run) and markdown (`markdown(rows,
+    summaries, claims)`). `claims(summaries)` gives the verdicts. Returns
+    the record and the paths written."""
     from absl import app, logging
 
     if len(argv) > 1:
@@ -64,11 +110,29 @@ def run_and_write(argv, cells, flag_names, markdown, **record_fields):
 
     from normzoo import experiments
 
-    rows = experiments.run_grid(cells())
+    try:
+        train_split, validation_split = experiments.validation_splits(
+            FLAGS.dataset, FLAGS.validation_fraction, data_dir=FLAGS.data_dir
+        )
+    except ValueError as error:
+        raise app.UsageError(f"--validation_fraction: {error}") from None
+    grid = [
+        (labels, dataclasses.replace(config, train_split=train_split), rates)
+        for labels, config, rates in cells()
+    ]
+    seeds = [int(seed) for seed in FLAGS.seeds]
+    rows = experiments.run_rate_grid(grid, seeds, validation_split=validation_split)
+    summaries = experiments.summarize(rows, cell_keys)
+    verdicts = claims(summaries)
     record = {
         "flags": {name: FLAGS[name].value for name in flag_names},
+        "train_split": train_split,
+        "validation_split": validation_split,
         **record_fields,
         "environment": experiments.environment(),
+        "claims": verdicts,
+        "summaries": summaries,
         "results": rows,
     }
-    return rows, experiments.write_results(FLAGS.output, record, markdown(rows))
+    paths = experiments.write_results(FLAGS.output, record, markdown(rows, summaries, verdicts))
+    return record, paths

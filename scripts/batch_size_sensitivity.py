@@ -1,16 +1,40 @@
 """Trains one model at batch sizes from 2 to 256 with BatchNorm, LayerNorm and
-SkipInit, and tabulates test accuracy (articles 001 and 003: BatchNorm's
-statistics are noisy at small batches, LayerNorm's do not depend on the
-batch; De & Smith 2020, Figure 5: BatchNorm's advantage is at large batches).
+SkipInit, each at its own tuned learning rate, and tests the articles'
+batch-size claims (articles 001 and 003: BatchNorm's statistics are noisy at
+small batches, LayerNorm's do not depend on the batch; De & Smith 2020,
+Figure 5: BatchNorm's advantage at large batches comes from tolerating
+larger learning rates).
 
-Every cell sees the same number of training examples (`--examples`, i.e.
-`examples // batch_size` steps, one cosine schedule over them) and uses the
-learning rate `base_learning_rate * batch_size / base_batch_size` (linear
-scaling), optionally capped by `--max_learning_rate`. A non-finite loss is
-recorded as "diverged". The defaults (WRN-16-2 on the embedded digits at
-their native 8x8, 4 passes over the 1,437 training images) fit about 25
-minutes on 2 CPU cores. Writes `<output>.json`, `<output>.md` and
-`<output>.png` (test accuracy against batch size).
+Every cell (one batch size, one normalization) sees the same number of
+training examples (`--examples`, i.e. `examples // batch_size` steps, one
+cosine schedule over them) and is trained at every rate of
+--learning_rates scaled linearly to its batch size (`rate * batch_size /
+base_batch_size`, so the grid follows the linear-scaling rule and the
+selection says where a normalization departs from it), with the first of
+--seeds, on the training split minus its last --validation_fraction. The
+rate with the best accuracy on that held-out part is selected (never the
+test set), and the cell is trained again at that rate with the other
+seeds. A non-finite loss is recorded as "diverged"; a cell that diverges
+at every rate says so. The claims table
+(`normzoo.experiments.batch_size_claims`) gives each claim's verdict with
+its numbers.
+
+Budget: the defaults (WRN-16-2 on the embedded digits at their native 8x8,
+batch sizes 2 to 256, 3 passes over the 1,150 training images left after
+validation (3,450 examples per run), 3 norms x 4 rates + 1 more seed at the
+selected rate: 120 runs) are estimated at about 50-60 minutes on 2 idle
+cores. How: WRN-16-2 with BatchNorm was timed here while the machine was
+loaded (load 8 on 2 cores), as process CPU time (an upper bound of an idle
+run's wall time): about 7 s of building, tracing and evaluation per run,
+plus 0.034 s per step at batch 2, 0.07 s at 32 and 0.135 s at 128, i.e.
+about 68, 40, 24, 18, 15, 12, 11 and 10 s per run from batch 2 to 256, x 15
+runs per batch size = 49 minutes; the previous single-rate sweep (24 runs
+of 5,748 examples in 17 minutes on shared cores, 42 s per run) scaled to
+3,450 examples gives about 30 s per run, 60 minutes. Cut to fit: one of
+the four passes of that sweep, a fifth rate and a third seed.
+
+Writes `<output>.json`, `<output>.md` and `<output>.png` (test accuracy and
+selected rate against batch size).
 
     pip install "normzoo[plot]"   # matplotlib
     python scripts/batch_size_sensitivity.py --output=scripts/results/batch_size_sensitivity
@@ -30,33 +54,32 @@ _grid_flags.define_integer_list(
     "batch_sizes", ["2", "4", "8", "16", "32", "64", "128", "256"], "Batch sizes."
 )
 _grid_flags.define(_NORMS)
-flags.DEFINE_integer("examples", 4 * 1437, "Training examples every cell sees.")
-flags.DEFINE_float("base_learning_rate", 0.05, "Learning rate at --base_batch_size.")
-flags.DEFINE_integer("base_batch_size", 64, "Batch size of --base_learning_rate.")
-flags.DEFINE_float("max_learning_rate", None, "Cap on the scaled learning rate (unset: none).")
+flags.DEFINE_integer("examples", 3 * 1150, "Training examples every cell sees.")
+_grid_flags.define_learning_rates(
+    ["0.025", "0.05", "0.1", "0.2"],
+    "Peak learning rates at --base_batch_size, the grid; each batch size scales them linearly.",
+)
+flags.DEFINE_integer("base_batch_size", 64, "Batch size of --learning_rates.")
+flags.DEFINE_integer(
+    "small_batch", 8, "Largest batch size of the LayerNorm-vs-BatchNorm small-batch claim."
+)
 flags.DEFINE_string("output", "batch_size_sensitivity", "Output path without extension.")
 # --help lists the key flags of the main module; the shared ones are this script's.
 flags.adopt_module_key_flags(_grid_flags)
 FLAGS = flags.FLAGS
 
 
-def learning_rate(batch_size):
-    """Linear scaling from (--base_batch_size, --base_learning_rate), capped."""
-    scaled = FLAGS.base_learning_rate * batch_size / FLAGS.base_batch_size
-    if FLAGS.max_learning_rate is not None:
-        scaled = min(scaled, FLAGS.max_learning_rate)
-    return scaled
+def learning_rates(batch_size):
+    """The grid at `batch_size`: --learning_rates scaled linearly from
+    --base_batch_size."""
+    return [rate * batch_size / FLAGS.base_batch_size for rate in _grid_flags.learning_rates()]
 
 
 def _check_flags():
     """Raises UsageError for a bad number or an unknown model."""
-    for name in ("examples", "base_batch_size", "image_size"):
+    for name in ("examples", "base_batch_size", "image_size", "small_batch"):
         if FLAGS[name].value < 1:
             raise app.UsageError(f"--{name} must be positive; got {FLAGS[name].value}.")
-    for name in ("base_learning_rate", "max_learning_rate"):
-        value = FLAGS[name].value
-        if value is not None and not value > 0:
-            raise app.UsageError(f"--{name} must be positive; got {value}.")
     too_large = [size for size in map(int, FLAGS.batch_sizes) if size > FLAGS.examples]
     if too_large:
         raise app.UsageError(
@@ -71,71 +94,70 @@ def _check_flags():
 
 
 def cells():
-    """(labels, TrainConfig) for every batch size x norm of the flags."""
+    """(labels, TrainConfig, learning rates) for every batch size x norm of the flags."""
     from normzoo import experiments
 
     base = _grid_flags.base_config(model=FLAGS.model, epochs=1, schedule="cosine")
-    grid = []
-    for batch_size in map(int, FLAGS.batch_sizes):
-        for norm in FLAGS.norms:
-            config = experiments.with_norm(
-                base,
-                norm,
-                batch_size=batch_size,
-                steps_per_epoch=FLAGS.examples // batch_size,
-                learning_rate=learning_rate(batch_size),
-            )
-            labels = {"batch_size": batch_size, "norm": norm, "learning_rate": config.learning_rate}
-            grid.append((labels, config))
-    return grid
+    return [
+        (
+            {"batch_size": batch_size, "norm": norm},
+            experiments.with_norm(
+                base, norm, batch_size=batch_size, steps_per_epoch=FLAGS.examples // batch_size
+            ),
+            learning_rates(batch_size),
+        )
+        for batch_size in map(int, FLAGS.batch_sizes)
+        for norm in FLAGS.norms
+    ]
 
 
-def markdown(rows):
-    """Batch size x norm tables: test accuracy, training loss, outcome, wall time."""
+def claims(summaries):
     from normzoo import experiments
 
-    return experiments.pivot_tables(
+    return experiments.batch_size_claims(summaries, small_batch=FLAGS.small_batch)
+
+
+def markdown(rows, summaries, verdicts):
+    """Claims, then batch size x norm tables, then every (cell, rate)."""
+    from normzoo import experiments
+
+    return experiments.grid_markdown(
         rows,
+        summaries,
         "batch_size",
         "norm",
-        ["batch size", "learning rate", "steps"],
-        lambda size: [size, f"{learning_rate(size):.4g}", FLAGS.examples // size],
+        ["batch size", "steps"],
+        lambda size: [size, FLAGS.examples // size],
+        verdicts,
     )
-
-
-def plot(rows, path):
-    from normzoo import experiments
-
-    pyplot = experiments.pyplot()
-    sizes, norms, table = experiments.pivot(rows, "batch_size", "norm", lambda row: row["test_accuracy"])
-    figure, axes = pyplot.subplots(figsize=(6.5, 4.4))
-    for column, norm in enumerate(norms):
-        accuracy = [line[column] if line[column] is not None else float("nan") for line in table]
-        axes.plot(sizes, accuracy, "o-", label=norm)
-    axes.set_xscale("log", base=2)
-    axes.set_xlabel("batch size (learning rate scaled linearly)")
-    axes.set_ylabel("test accuracy")
-    axes.set_title(f"{FLAGS.model} on {FLAGS.dataset}, {FLAGS.examples} training examples per run")
-    axes.grid(True, alpha=0.3)
-    axes.legend(title="norm")
-    experiments.save_figure(figure, path)
 
 
 def main(argv):
     _check_flags()
     flag_names = [
-        "model", "batch_sizes", "norms", "dataset", "image_size", "examples",
-        "base_learning_rate", "base_batch_size", "max_learning_rate", "weight_decay", "seed",
+        "model", "batch_sizes", "norms", "dataset", "image_size", "examples", "learning_rates",
+        "base_batch_size", "small_batch", "weight_decay", "seeds", "validation_fraction",
     ]
-    rows, paths = _grid_flags.run_and_write(
+    record, paths = _grid_flags.run_and_write(
         argv,
         cells,
+        ["batch_size", "norm"],
         flag_names,
         markdown,
-        learning_rate_rule="base_learning_rate * batch_size / base_batch_size, capped at "
-        "max_learning_rate; one cosine schedule over examples // batch_size steps",
+        claims,
+        learning_rate_rule="each of learning_rates * batch_size / base_batch_size; one cosine "
+        "schedule over examples // batch_size steps",
     )
-    plot(rows, f"{FLAGS.output}.png")
+    from normzoo import experiments
+
+    experiments.plot_summaries(
+        record["summaries"],
+        "batch_size",
+        f"{FLAGS.output}.png",
+        xlabel="batch size",
+        title=f"{FLAGS.model} on {FLAGS.dataset}, {FLAGS.examples} training examples per run, "
+        "rate tuned per cell",
+    )
     print(f"Wrote {', '.join(paths)} and {FLAGS.output}.png")
 
 

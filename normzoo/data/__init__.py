@@ -20,6 +20,7 @@ from normzoo.data.pipeline import (
     DatasetNotPreparedError,
     info,
     load,
+    num_examples,
     prepared_builder,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "Digits",
     "info",
     "load",
+    "num_examples",
     "prepared_builder",
     "preprocessing",
 ]

@@ -357,6 +357,18 @@ def load(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def num_examples(name, split, *, data_dir=None):
+    """The number of examples of `split` of dataset `name` (prepared in
+    `data_dir`, see `prepared_builder`); `split` may be a slice such as
+    "train[:1150]" or "train[80%:]".
+
+    Raises:
+        ValueError: the split does not exist (the message lists the dataset's
+            splits); what `prepared_builder` raises.
+    """
+    return _num_examples(prepared_builder(name, data_dir=data_dir), split)
+
+
 def _builder(name, data_dir):
     """`tfds.builder`, with clear errors for unknown or non-image-classification datasets."""
     try:

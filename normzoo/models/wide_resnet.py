@@ -34,6 +34,12 @@ def check_depth_and_width(depth, widen_factor):
         )
 
 
+def num_blocks(depth):
+    """The number of residual blocks of WRN-`depth`-k: three stages of
+    (depth - 4) / 6 (the d of SkipInit's alpha <= 1/sqrt(d))."""
+    return len(_STAGE_STRIDES) * ((depth - 4) // 6)
+
+
 def wide_resnet(
     depth,
     widen_factor,

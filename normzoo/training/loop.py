@@ -103,6 +103,11 @@ class TrainConfig:
     the training split's size over the global batch (every batch is full, so
     that every step has the same shape, which XLA wants).
 
+    `train_split` is the TFDS split trained on: "train", or a slice of it
+    such as "train[:1150]" that leaves the rest ("train[1150:]") for
+    choosing hyperparameters (see `normzoo.experiments.validation_splits`);
+    the test split is never trained on.
+
     `input_sharding` says how several input pipelines (one per worker under
     MultiWorkerMirroredStrategy) share the training data: "pipeline" gives
     each its own part of the split (the efficient default); "global_batch"
@@ -140,6 +145,7 @@ class TrainConfig:
     model: str = "resnet20"
     norm: str = "batch"
     dataset: str = "digits"
+    train_split: str = "train"
     data_dir: str | None = None
     image_size: int | None = 32
     batch_size: int = 64
@@ -413,7 +419,7 @@ def _recalibrate(config, model):
     """Re-estimates the BatchNorm statistics of `model` on the first training
     batches (bn="recalibrated"). Every worker reads the same global batches,
     so every copy of the model gets the same statistics."""
-    batches = _load(config, "train", True).take(finetune.RECALIBRATION_BATCHES)
+    batches = _load(config, config.train_split, True).take(finetune.RECALIBRATION_BATCHES)
     examples = bn.recalibrate(model, batches)
     _log(config, f"bn=recalibrated: BatchNorm statistics re-estimated from {examples} training examples.")
 
@@ -465,7 +471,7 @@ def _run(config, strategy, model, plan):
         # One iterator for every epoch left: the input keeps flowing from one
         # epoch into the next, and starts at the batch of the resumed step.
         batches = iter(_distributed_dataset(
-            strategy, config, "train", True,
+            strategy, config, config.train_split, True,
             steps_per_epoch=plan.steps_per_epoch, epochs=config.epochs, start_step=run.step,
         ))
         for epoch in range(run.step // plan.steps_per_epoch, config.epochs):
@@ -479,12 +485,14 @@ def _run(config, strategy, model, plan):
 class _Plan:
     """What a run will do, settled (and checked) before anything is built.
 
-    `resume_from` is the checkpoint in `model_dir` to resume from (None:
-    a new run); `init_source` what `finetune.read_init_checkpoint` found in
+    `train_examples` is the size of `config.train_split`; `resume_from`
+    the checkpoint in `model_dir` to resume from (None: a new run);
+    `init_source` what `finetune.read_init_checkpoint` found in
     `init_checkpoint` for a new run started from it; `started` when `train`
     began (`time.perf_counter()`)."""
 
     info: data.DataInfo
+    train_examples: int
     steps_per_epoch: int
     num_classes: int
     chief: bool
@@ -519,10 +527,15 @@ def _plan(config, strategy):
     info = data.info(
         config.dataset, data_dir=config.data_dir, image_size=config.image_size, channels=config.channels
     )
-    steps_per_epoch = config.steps_per_epoch or info.train_examples // config.batch_size
+    try:
+        train_examples = data.num_examples(config.dataset, config.train_split, data_dir=config.data_dir)
+    except ValueError as error:
+        raise ConfigError(f"train_split={config.train_split!r}: {error}") from None
+    steps_per_epoch = config.steps_per_epoch or train_examples // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(
-            f"batch_size={config.batch_size} exceeds the {info.train_examples} training examples."
+            f"batch_size={config.batch_size} exceeds the {train_examples} training examples "
+            f"of {config.train_split!r}."
         )
     num_classes = config.num_classes or info.num_classes
     if num_classes < info.num_classes:
@@ -533,6 +546,7 @@ def _plan(config, strategy):
         )
     return config, _Plan(
         info=info,
+        train_examples=train_examples,
         steps_per_epoch=steps_per_epoch,
         num_classes=num_classes,
         chief=distribute.is_chief(strategy),
@@ -678,7 +692,8 @@ def _record_start(run):
         )
     run.log(
         f"normzoo: {config.model} norm={config.norm} on {config.dataset} "
-        f"({info.train_examples} train / {info.test_examples} test, image {info.image_shape}); "
+        f"({plan.train_examples} {config.train_split} / {info.test_examples} test, "
+        f"image {info.image_shape}); "
         f"{run.model.count_params():,} parameters; {environment['num_replicas']} replica(s); "
         f"global batch {config.batch_size}; {plan.steps_per_epoch} steps/epoch x {config.epochs} epochs",
     )
