@@ -1,4 +1,4 @@
-"""The one-shot GPU check: normzoo's numerics and speed under Keras' JAX
+r"""The one-shot GPU check: normzoo's numerics and speed under Keras' JAX
 backend on one GPU, written as one JSON (`normzoo.gpu_check`).
 
 For a machine with JAX (CUDA) and no TensorFlow. It needs normzoo (this
