@@ -28,7 +28,7 @@ import tensorflow as tf
 from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
 
 from normzoo.layers._fused import selected_only
-from normzoo.layers._statistics import shifted_moments
+from normzoo.layers._statistics import corrected, shifted_moments
 
 
 def sync_replica_context():
@@ -175,13 +175,15 @@ def global_moments(x, axes, context, mask=None):
     return total, mean, tf.reshape(m2 / divisor, stat_shape), centered
 
 
-def batch_norm_training(x, gamma, beta, epsilon, axes, shape, context, mask=None):
+def batch_norm_training(x, gamma, beta, epsilon, axes, shape, context, mask=None, correction=None):
     """Returns `(outputs, mean, variance, count)`: this replica's shard `x`
     normalized with the global batch's statistics (over `axes`) and scaled
     by `gamma`, offset by `beta` (float32 vectors, reshaped to `shape`), the
     global per-channel mean and biased variance, and the global count of
     values. With a boolean `mask`, the statistics are those of the selected
-    values of every shard (see `_fused.batch_norm_training_composed`).
+    values of every shard, and with a `correction` (Batch
+    Renormalization's) r and d come from the global moments (see
+    `_fused.batch_norm_training_composed`).
 
     The backward pass is batch normalization's closed-form gradient over the
     global batch of N elements per channel,
@@ -204,9 +206,12 @@ def batch_norm_training(x, gamma, beta, epsilon, axes, shape, context, mask=None
     @tf.custom_gradient
     def normalize(x, gamma, beta):
         count, mean, variance, centered = global_moments(x, axes, context, mask)
+        scale_by, offset_by, affine_gradient = corrected(
+            correction, gamma, beta, tf.reshape(mean, [-1]), tf.reshape(variance, [-1])
+        )
         inverse_std = tf.math.rsqrt(variance + epsilon)
-        scale = tf.reshape(gamma, shape) * inverse_std
-        outputs = centered * scale + tf.reshape(beta, shape)
+        scale = tf.reshape(scale_by, shape) * inverse_std
+        outputs = centered * scale + tf.reshape(offset_by, shape)
         divisor = tf.maximum(count, 1.0)
 
         def gradient(d_outputs, d_mean, d_variance, d_count):
@@ -223,8 +228,9 @@ def batch_norm_training(x, gamma, beta, epsilon, axes, shape, context, mask=None
             b = -scale * tf.square(inverse_std) * global_d_centered / divisor
             d_statistics = centered * b - scale * global_d_beta / divisor
             d_x = d_outputs * scale + selected_only(d_statistics, mask)
-            d_gamma = inverse_std * d_centered
-            return d_x, tf.reshape(d_gamma, [-1]), tf.reshape(d_beta, [-1])
+            d_scale = inverse_std * d_centered
+            d_gamma, d_beta = affine_gradient(tf.reshape(d_scale, [-1]), tf.reshape(d_beta, [-1]))
+            return d_x, d_gamma, d_beta
 
         return (
             outputs,

@@ -17,7 +17,7 @@ elementwise ops and reductions. Two adjustments keep normzoo's guarantees:
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
-from normzoo.layers._statistics import shifted_moments, standardized
+from normzoo.layers._statistics import corrected, shifted_moments, standardized
 
 DATA_FORMATS = {3: "NHWC", 1: "NCHW"}
 
@@ -81,13 +81,18 @@ def _in_compiling_jit_scope(graph):
     return getattr(compile_ops, "b", False) is True
 
 
-def batch_norm_training_composed(x, gamma, beta, epsilon, axes, shape, mask=None):
+def batch_norm_training_composed(
+    x, gamma, beta, epsilon, axes, shape, mask=None, correction=None
+):
     """Returns `(outputs, mean, variance, count)` as `batch_norm_training`
     does, for any rank: statistics over `axes` of `x`, `gamma` and `beta`
     reshaped to `shape`; with a boolean `mask` (broadcastable to `x`, of
     `x`'s shape along `axes`), statistics of the elements where it is True
     (every element is normalized with them). An empty selection has mean 0
-    and variance 0 (see `shifted_moments`), and `count` 0. The forward pass
+    and variance 0 (see `shifted_moments`), and `count` 0. With a
+    `correction` (Batch Renormalization's, see `corrected`), the
+    standardized batch is scaled by gamma * r and offset by gamma * d +
+    beta, from the same moments: one pass of the batch. The forward pass
     is the shifted-data formula; the backward pass is batch normalization's
     closed-form gradient
 
@@ -121,26 +126,30 @@ def batch_norm_training_composed(x, gamma, beta, epsilon, axes, shape, mask=None
     @tf.custom_gradient
     def normalize(x, gamma, beta):
         count, shift, deviation, residual, variance = shifted_moments(x, axes, mask)
+        mean = tf.reshape(shift + residual, [-1])
+        scale_by, offset_by, affine_gradient = corrected(
+            correction, gamma, beta, mean, tf.reshape(variance, [-1])
+        )
         outputs, inverse_std, scale = standardized(
-            deviation, residual, variance, gamma, beta, epsilon, shape
+            deviation, residual, variance, scale_by, offset_by, epsilon, shape
         )
         divisor = tf.maximum(count, 1.0)
 
         def gradient(d_outputs, d_mean, d_variance, d_count):
             del d_mean, d_variance, d_count
-            d_beta = tf.reduce_sum(d_outputs, axes, keepdims=True)
+            d_offset = tf.reduce_sum(d_outputs, axes, keepdims=True)
             # sum(dy * x_hat), with x_hat = (deviation - residual) / std.
-            d_gamma = inverse_std * (
-                tf.reduce_sum(d_outputs * deviation, axes, keepdims=True) - residual * d_beta
+            d_scale = inverse_std * (
+                tf.reduce_sum(d_outputs * deviation, axes, keepdims=True) - residual * d_offset
             )
-            # dx = scale * (dy - d_beta / n - x_hat * d_gamma / n)
-            #    = scale * dy + b * (deviation - residual) - scale * d_beta / n
-            b = -scale * inverse_std * d_gamma / divisor
-            d_statistics = deviation * b - (scale * d_beta / divisor + b * residual)
+            # dx = scale * (dy - d_offset / n - x_hat * d_scale / n)
+            #    = scale * dy + b * (deviation - residual) - scale * d_offset / n
+            b = -scale * inverse_std * d_scale / divisor
+            d_statistics = deviation * b - (scale * d_offset / divisor + b * residual)
             d_x = d_outputs * scale + selected_only(d_statistics, mask)
-            return d_x, tf.reshape(d_gamma, [-1]), tf.reshape(d_beta, [-1])
+            d_gamma, d_beta = affine_gradient(tf.reshape(d_scale, [-1]), tf.reshape(d_offset, [-1]))
+            return d_x, d_gamma, d_beta
 
-        mean = tf.reshape(shift + residual, [-1])
         return (outputs, mean, tf.reshape(variance, [-1]), tf.reshape(count, [-1])), gradient
 
     return normalize(x, gamma, beta)

@@ -21,7 +21,7 @@ backend and are imported only where that backend runs:
 from keras import ops
 
 from normzoo.backends import TENSORFLOW
-from normzoo.layers._statistics import shifted_moments, standardized
+from normzoo.layers._statistics import corrected, shifted_moments, standardized
 
 if TENSORFLOW:
     from normzoo.layers import _distributed_moments, _fused
@@ -36,7 +36,9 @@ def fused_data_format(feature_axis, ndim):
     return _fused.DATA_FORMATS.get(feature_axis)
 
 
-def batch_norm_training(x, gamma, beta, epsilon, axes, shape, *, mask, data_format, context):
+def batch_norm_training(
+    x, gamma, beta, epsilon, axes, shape, *, mask, data_format, context, correction=None
+):
     """Returns `(outputs, mean, variance, count)`: `x` normalized with its
     batch statistics over `axes` (those of the global batch when `context`,
     a replica context from `sync_replica_context`, is given), scaled by
@@ -44,28 +46,37 @@ def batch_norm_training(x, gamma, beta, epsilon, axes, shape, *, mask, data_form
     per-channel batch mean and biased variance (no gradient), and the
     number of values per channel. With a boolean `mask` (broadcast along
     `axes`), statistics of the selected values only. `data_format` is
-    `fused_data_format`'s answer for this input."""
+    `fused_data_format`'s answer for this input. A `correction`, a function
+    `(mean, variance) -> (r, d)` of the batch's per-channel moments whose
+    values carry no gradient (Batch Renormalization's), scales the
+    standardized batch by gamma * r and offsets it by gamma * d + beta;
+    the moments are computed once, and the fused kernel (which returns
+    them only after normalizing) is not used."""
     if context is not None:
         return _distributed_moments.batch_norm_training(
-            x, gamma, beta, epsilon, axes, shape, context, mask
+            x, gamma, beta, epsilon, axes, shape, context, mask, correction
         )
     if not TENSORFLOW:
-        return composed_training(x, gamma, beta, epsilon, axes, shape, mask)
-    if data_format and mask is None and not _fused.in_xla_context():
+        return composed_training(x, gamma, beta, epsilon, axes, shape, mask, correction)
+    if data_format and mask is None and correction is None and not _fused.in_xla_context():
         return _fused.batch_norm_training(x, gamma, beta, epsilon, data_format)
-    return _fused.batch_norm_training_composed(x, gamma, beta, epsilon, axes, shape, mask)
+    return _fused.batch_norm_training_composed(
+        x, gamma, beta, epsilon, axes, shape, mask, correction
+    )
 
 
-def composed_training(x, gamma, beta, epsilon, axes, shape, mask=None):
+def composed_training(x, gamma, beta, epsilon, axes, shape, mask=None, correction=None):
     """`batch_norm_training` as a formula of `keras.ops`, differentiated by
     the backend: the shifted-data moments and the standardization in
     deviations (`shifted_moments`, `standardized`), accurate when
     |mean| >> std. An empty selection has mean 0, variance 0 and count 0."""
     count, shift, deviation, residual, variance = shifted_moments(x, axes, mask)
-    outputs, _, _ = standardized(deviation, residual, variance, gamma, beta, epsilon, shape)
     mean = ops.stop_gradient(ops.reshape(shift + residual, [-1]))
-    variance = ops.stop_gradient(ops.reshape(variance, [-1]))
-    return outputs, mean, variance, ops.reshape(count, [-1])
+    flat_variance = ops.stop_gradient(ops.reshape(variance, [-1]))
+    # The map of gradients is the chain rule's here: r and d carry none.
+    scale_by, offset_by, _ = corrected(correction, gamma, beta, mean, flat_variance)
+    outputs, _, _ = standardized(deviation, residual, variance, scale_by, offset_by, epsilon, shape)
+    return outputs, mean, flat_variance, ops.reshape(count, [-1])
 
 
 def sync_replica_context():

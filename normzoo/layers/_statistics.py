@@ -116,6 +116,26 @@ def standardized(deviation, residual, variance, gamma, beta, epsilon, shape):
     return outputs, inverse_std, scale
 
 
+def corrected(correction, gamma, beta, mean, variance):
+    """`(scale, offset, affine_gradient)`: the per-channel scale and offset
+    of the standardized batch, and the map from their gradients to those of
+    `gamma` and `beta`. Without a `correction` they are gamma and beta. With
+    one, a function `(mean, variance) -> (r, d)` of the batch's per-channel
+    moments whose values carry no gradient (Batch Renormalization's), they
+    are gamma * r and gamma * d + beta, and
+
+        d_gamma = r * d_scale + d * d_offset,  d_beta = d_offset.
+    """
+    if correction is None:
+        return gamma, beta, lambda d_scale, d_offset: (d_scale, d_offset)
+    r, d = correction(mean, variance)
+    return (
+        gamma * r,
+        gamma * d + beta,
+        lambda d_scale, d_offset: (r * d_scale + d * d_offset, d_offset),
+    )
+
+
 def moments(x, axes, mask=None):
     """`(mean, variance, centered)` of `x` over `axes` (keepdims), where
     `centered` = x - mean, computed without rounding `mean` first; with a

@@ -9,12 +9,7 @@ from keras import initializers, ops
 
 from normzoo.layers import _kernels
 from normzoo.layers._affine import AffineNormalization
-from normzoo.layers._statistics import (
-    broadcast_shape,
-    normalize_axes,
-    shifted_moments,
-    statistics_dtype,
-)
+from normzoo.layers._statistics import broadcast_shape, normalize_axes, statistics_dtype
 
 _RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 
@@ -86,10 +81,11 @@ class BatchNorm(AffineNormalization):
       the batch (with a mask, from the masked mean), so the variance is
       accurate when |mean| >> std and never negative.
     - Training uses TensorFlow's fused kernel for 4-D input without a mask;
-      for other ranks, with a mask, inside a function compiled whole by XLA
-      (`jit_compile=True`) and when synchronized, the formula with its
-      closed-form gradient (which XLA fuses better than its own batch-norm
-      op, and which a synchronized layer gets with one collective each way).
+      for other ranks, with a mask, with renorm, inside a function compiled
+      whole by XLA (`jit_compile=True`) and when synchronized, the formula
+      with its closed-form gradient (which XLA fuses better than its own
+      batch-norm op, which a synchronized layer gets with one collective
+      each way, and into which renorm's r and d fold from the same moments).
       On Keras' other backends (JAX) the layer computes the same formula
       with `keras.ops` and the backend differentiates it, with the same
       guarantees (accuracy when |mean| >> std, masks, renorm, float32
@@ -340,63 +336,52 @@ class BatchNorm(AffineNormalization):
         if mask is not None:
             mask = self._statistics_mask(mask, x)
         ones = ops.ones(self.moving_mean.shape, x.dtype)
-        gamma = self.gamma if self.scale else ones
-        beta = self.beta if self.center else ops.zeros_like(ones)
-        correct_after = self.renorm and context is not None
-        if self.renorm and not correct_after:
-            # gamma * (x_hat * r + d) + beta = x_hat * (gamma r) + (gamma d + beta):
-            # folded into the kernel's scale and offset, renorm costs a
-            # reduction over the batch, not another elementwise pass through
-            # it (P2: 1.24 -> 1.01 of Keras' renorm step under XLA).
-            count, shift, _, residual, variance = shifted_moments(
-                ops.stop_gradient(x), self._reduction_axes, mask
-            )
-            gamma, beta = self._renormalized(
-                gamma, beta, ops.reshape(shift + residual, (-1,)), ops.reshape(variance, (-1,))
-            )
-        elif correct_after:
-            # The global batch's moments exist only inside the synchronized
-            # kernel: it standardizes, and the correction follows.
-            renorm_gamma, renorm_beta, gamma, beta = gamma, beta, ones, ops.zeros_like(ones)
         outputs, mean, variance, count = _kernels.batch_norm_training(
             x,
-            gamma,
-            beta,
+            self.gamma if self.scale else ones,
+            self.beta if self.center else ops.zeros_like(ones),
             self.epsilon,
             self._reduction_axes,
             self._broadcast_shape,
             mask=mask,
             data_format=self._fused_data_format,
             context=context,
+            # r and d are folded into the kernel's scale and offset from the
+            # moments it computes anyway: renorm costs no extra pass over
+            # the batch (P2, normzoo renorm / Keras renorm).
+            correction=self._renorm_correction() if self.renorm else None,
         )
-        if correct_after:
-            scale, offset = self._renormalized(renorm_gamma, renorm_beta, mean, variance)
-            outputs = outputs * self._reshape(scale) + self._reshape(offset)
         finite = ops.logical_and(ops.isfinite(mean), ops.isfinite(variance))
         self._update_moving_statistics(mean, variance, ops.logical_and(finite, count > 0))
         return outputs
 
-    def _renormalized(self, gamma, beta, mean, variance):
-        """`(gamma * r, gamma * d + beta)`: the scale and offset of the
-        standardized batch with Keras' r and d, from the batch's `mean` and
-        `variance` and the renorm statistics before this batch's update."""
-        renorm_stddev = ops.maximum(self.renorm_stddev, math.sqrt(self.epsilon))
-        r = ops.sqrt(variance + self.epsilon) / renorm_stddev
-        d = (mean - self.renorm_mean) / renorm_stddev
+    def _renorm_correction(self):
+        """Keras' renorm correction as a function `(mean, variance) -> (r,
+        d)` of the batch's per-channel moments, with the renorm statistics
+        before this batch's update (read here: the kernels must not read
+        variables); r and d carry no gradient."""
+        epsilon = self.epsilon
+        renorm_mean = ops.convert_to_tensor(self.renorm_mean)
+        renorm_stddev = ops.maximum(ops.convert_to_tensor(self.renorm_stddev), math.sqrt(epsilon))
         clipping = {key: value for key, value in self.renorm_clipping.items() if value is not None}
-        if "rmin" in clipping:
-            r = ops.maximum(r, float(clipping["rmin"]))
-        if "rmax" in clipping:
-            r = ops.minimum(r, float(clipping["rmax"]))
-        if "dmax" in clipping:
-            d = ops.clip(d, -float(clipping["dmax"]), float(clipping["dmax"]))
-        # A channel without finite statistics (an empty batch) is left
-        # uncorrected: its r and d would turn the zero gradients of gamma and
-        # beta into NaN.
-        finite = ops.logical_and(ops.isfinite(mean), ops.isfinite(variance))
-        r = ops.stop_gradient(ops.where(finite, r, 1.0))
-        d = ops.stop_gradient(ops.where(finite, d, 0.0))
-        return gamma * r, gamma * d + beta
+
+        def correction(mean, variance):
+            r = ops.sqrt(variance + epsilon) / renorm_stddev
+            d = (mean - renorm_mean) / renorm_stddev
+            if "rmin" in clipping:
+                r = ops.maximum(r, float(clipping["rmin"]))
+            if "rmax" in clipping:
+                r = ops.minimum(r, float(clipping["rmax"]))
+            if "dmax" in clipping:
+                d = ops.clip(d, -float(clipping["dmax"]), float(clipping["dmax"]))
+            # A channel without finite statistics is left uncorrected: its r
+            # and d would turn the gradients of gamma and beta into NaN.
+            finite = ops.logical_and(ops.isfinite(mean), ops.isfinite(variance))
+            r = ops.stop_gradient(ops.where(finite, r, 1.0))
+            d = ops.stop_gradient(ops.where(finite, d, 0.0))
+            return r, d
+
+        return correction
 
     def _scale_and_offset(self, centered, variance):
         # centered * scale, not x * scale - mean * scale: the latter loses
