@@ -18,6 +18,7 @@ from normzoo.data.digits import Digits
 from normzoo.data.pipeline import (
     DataInfo,
     DatasetNotPreparedError,
+    evaluation_steps,
     info,
     load,
     num_examples,
@@ -28,6 +29,7 @@ __all__ = [
     "DataInfo",
     "DatasetNotPreparedError",
     "Digits",
+    "evaluation_steps",
     "info",
     "load",
     "num_examples",

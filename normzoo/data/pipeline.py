@@ -154,6 +154,7 @@ def load(
     steps_per_epoch=None,
     epochs=None,
     start_step=0,
+    repeat=False,
 ):
     """Returns a `tf.data.Dataset` of `(images, labels)` batches from a TFDS dataset.
 
@@ -205,6 +206,14 @@ def load(
       only (a class's examples in split order, its last batch possibly
       partial): batches of near-identical images, on which a model whose
       predictions depend on the batch fails.
+    - Evaluation repeated (`repeat=True`): the evaluation stream above in
+      passes, forever, each pass padded at its end with empty batches so
+      that it is exactly `evaluation_steps(...)` steps of the strategy
+      (every pipeline's pass the same number of batches, a multiple of the
+      replicas it feeds). One iterator serves every evaluation of a run
+      (taking `evaluation_steps` steps each time, which see every example
+      once): no pipeline is built, and no iterator released, between
+      evaluations.
     - Batches are prefetched (`tf.data.AUTOTUNE`).
 
     Args:
@@ -236,6 +245,8 @@ def load(
         epochs: Epochs of the training stream (with `steps_per_epoch`).
         start_step: Global batches of the training stream to drop at its
             start (see above).
+        repeat: Repeat the evaluation stream in padded passes (see above);
+            only with `training=False`.
 
     Raises:
         ValueError: for an unknown dataset or split, a batch size that the
@@ -260,6 +271,11 @@ def load(
         )
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0; got {start_step!r}.")
+    if repeat and (training or single_class_batches):
+        raise ValueError(
+            "repeat=True repeats the evaluation stream (training=False, "
+            "single_class_batches=False); the training stream repeats itself."
+        )
     if training and single_class_batches:
         raise ValueError(
             "single_class_batches=True is for evaluation (training=False): training "
@@ -354,7 +370,37 @@ def load(
         )
     else:
         dataset = dataset.batch(per_replica_batch_size, drop_remainder=training)
+    if repeat:
+        _, padding = _evaluation_pass(builder, split, per_replica_batch_size, input_context)
+        empty = tf.data.Dataset.from_tensors(
+            tuple(tf.zeros([0, *spec.shape[1:]], spec.dtype) for spec in dataset.element_spec)
+        )
+        dataset = dataset.concatenate(empty.repeat(padding)).repeat()
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_steps(name, split, *, global_batch_size, input_context=None, data_dir=None):
+    """The steps of one pass of `load(..., training=False, repeat=True)`:
+    enough for the largest pipeline's share of `split` (with
+    `input_context`'s pipelines and replicas; None: one of each) to be seen
+    whole, every replica taking one batch per step."""
+    builder = prepared_builder(name, data_dir=data_dir)
+    input_context = input_context or tf.distribute.InputContext()
+    per_replica_batch_size = _per_replica_batch_size(global_batch_size, input_context)
+    steps, _ = _evaluation_pass(builder, split, per_replica_batch_size, input_context)
+    return steps
+
+
+def _evaluation_pass(builder, split, per_replica_batch_size, input_context):
+    """`(steps, padding)`: the steps of a pass of the repeated evaluation
+    stream, and the empty batches that complete this pipeline's share to
+    it."""
+    pipelines = input_context.num_input_pipelines
+    shares = [split] if pipelines == 1 else tfds.even_splits(split, n=pipelines)
+    batches = [-(-_num_examples(builder, share) // per_replica_batch_size) for share in shares]
+    replicas = input_context.num_replicas_in_sync // pipelines  # those one pipeline feeds
+    steps = max(1, -(-max(batches) // replicas))
+    return steps, steps * replicas - batches[input_context.input_pipeline_id]
 
 
 def num_examples(name, split, *, data_dir=None):

@@ -1,5 +1,6 @@
 """Training and evaluation steps under any strategy, with or without XLA."""
 
+import itertools
 from collections import Counter
 
 import keras
@@ -187,9 +188,13 @@ class EvalStep:
         return self._function(images, labels)
 
 
-def evaluate(eval_step, dataset):
-    """Mean loss and top-1 accuracy of `eval_step` over a (distributed) dataset."""
+def evaluate(eval_step, dataset, steps=None):
+    """Mean loss and top-1 accuracy of `eval_step` over a (distributed)
+    dataset, or over the next `steps` batches of an iterator (such as one
+    of `normzoo.data.load(..., repeat=True)`, a pass of which is
+    `normzoo.data.evaluation_steps` steps)."""
+    batches = dataset if steps is None else itertools.islice(dataset, steps)
     sums = np.zeros(3)
-    for images, labels in dataset:
+    for images, labels in batches:
         sums += np.array([float(v) for v in eval_step(images, labels)])
     return {"loss": sums[0] / max(sums[2], 1), "accuracy": sums[1] / max(sums[2], 1)}

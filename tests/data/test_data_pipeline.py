@@ -79,6 +79,67 @@ def test_eval_yields_every_test_example_once_with_the_documented_shapes(data_dir
     assert _examples(batches) == _examples([(pixels / 127.5 - 1.0, sklearn_labels)])
 
 
+@pytest.mark.parametrize(
+    "pipelines, replicas, global_batch_size, expected_steps",
+    # 360 test examples. One pipeline, one replica: ceil(360 / 64) = 6 steps.
+    # One pipeline feeding 2 replicas of 16: 23 batches, padded to 24 (12
+    # steps, every replica one batch each). 3 pipelines of 120 examples, 2
+    # replicas each of 16: 8 batches per pipeline (4 steps). 7 pipelines of
+    # 52 or 51 examples, one replica of 17 each: 4 batches, or 3 and an
+    # empty one.
+    [(1, 1, 64, 6), (1, 2, 32, 12), (3, 6, 96, 4), (7, 7, 119, 4)],
+)
+def test_repeated_eval_passes_cover_the_split_once_each_padded_to_evaluation_steps(
+    data_dir, sklearn_splits, pipelines, replicas, global_batch_size, expected_steps
+):
+    """Each pass of the repeated evaluation stream (`evaluation_steps`
+    steps of every replica, over every pipeline) holds sklearn's test
+    examples once, in the order of the unrepeated stream, padded with
+    empty batches; the next pass is the same."""
+    contexts = [
+        tf.distribute.InputContext(pipelines, pipeline, replicas) for pipeline in range(pipelines)
+    ]
+    steps = normzoo.data.evaluation_steps(
+        "digits", "test", global_batch_size=global_batch_size, input_context=contexts[0],
+        data_dir=data_dir,
+    )
+    assert steps == expected_steps
+    replicas_per_pipeline = replicas // pipelines
+    passes = []
+    for context in contexts:
+        repeated = normzoo.data.load(
+            "digits", "test", data_dir=data_dir, global_batch_size=global_batch_size,
+            training=False, input_context=context, repeat=True,
+        )
+        once = _batches(normzoo.data.load(
+            "digits", "test", data_dir=data_dir, global_batch_size=global_batch_size,
+            training=False, input_context=context,
+        ))
+        batches = _batches(repeated, 2 * steps * replicas_per_pipeline)
+        first, second = batches[: len(batches) // 2], batches[len(batches) // 2 :]
+        for pass_batches in (first, second):
+            padding = pass_batches[len(once) :]
+            assert all(len(labels) == 0 and images.shape == (0, 8, 8, 1) for images, labels in padding)
+            for (images, labels), (expected_images, expected_labels) in zip(
+                pass_batches, once, strict=False
+            ):
+                np.testing.assert_array_equal(images, expected_images)
+                np.testing.assert_array_equal(labels, expected_labels)
+        passes.append(first)
+    pixels, labels = sklearn_splits["test"]
+    assert _examples([batch for batches in passes for batch in batches]) == _examples(
+        [(pixels / 127.5 - 1.0, labels)]
+    )
+
+
+def test_repeat_is_refused_for_training_and_single_class_batches(data_dir):
+    for arguments in ({"training": True}, {"training": False, "single_class_batches": True}):
+        with pytest.raises(ValueError, match="repeat=True repeats the evaluation stream"):
+            normzoo.data.load(
+                "digits", "test", data_dir=data_dir, global_batch_size=8, repeat=True, **arguments
+            )
+
+
 def test_info_describes_the_digits_splits_classes_and_image_shape(data_dir):
     info = normzoo.data.info("digits", data_dir=data_dir)
     assert (info.train_examples, info.test_split, info.test_examples) == (1437, "test", 360)
