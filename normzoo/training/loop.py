@@ -613,6 +613,7 @@ class _Run:
     eval_step: EvalStep
     eval_batches: object  # an iterator over the test split, repeated (see _evaluation_batches)
     eval_steps: int  # the steps of one pass of eval_batches: one evaluation
+    finite_check: "_FiniteCheck"  # of the model's and the optimizer's variables, before a checkpoint
     writer: object  # TensorBoard's summary writer
     initialization: finetune.Initialization | None
     baseline: dict  # metrics.json's figures of the restored model, before fine-tuning
@@ -680,6 +681,7 @@ def _restore_or_initialize(config, strategy, model, plan):
         eval_step=eval_step,
         eval_batches=eval_batches,
         eval_steps=eval_steps,
+        finite_check=_FiniteCheck([*model.variables, *optimizer.variables]),
         writer=tf.summary.create_file_writer(os.path.join(plan.out_dir, "tensorboard")),
         initialization=initialization,
         baseline=baseline,
@@ -856,12 +858,7 @@ def _save_checkpoint(run):
     step later, after the checkpoint would have been written.
     """
     with run.stopwatch.timing(CHECKPOINT):
-        non_finite = [
-            variable.path
-            for variable in [*run.model.variables, *run.optimizer.variables]
-            if tf.as_dtype(variable.dtype).is_floating
-            and not bool(tf.reduce_all(tf.math.is_finite(variable)))
-        ]
+        non_finite = run.finite_check.non_finite()
         if non_finite:
             raise TrainingDiverged(
                 f"{len(non_finite)} variable(s) became NaN or infinite at step {run.step} "
@@ -871,6 +868,29 @@ def _save_checkpoint(run):
             )
         run.manager.save(checkpoint_number=run.step)
     run.last_saved = run.step
+
+
+class _FiniteCheck:
+    """Which of `variables` hold a NaN or an infinity, in one compiled
+    function: read one by one, each with its own host round trip,
+    ResNet-20's 157 variables took 0.05 s (one device) to 0.3 s
+    (MirroredStrategy) of every checkpoint write. Traced once when made,
+    not in an epoch's gap."""
+
+    def __init__(self, variables):
+        self._variables = [v for v in variables if tf.as_dtype(v.dtype).is_floating]
+
+        @tf.function
+        def finite():
+            return tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in self._variables])
+
+        self._finite = finite
+        self.non_finite()
+
+    def non_finite(self):
+        """The paths of the variables that are not finite, in order."""
+        flags = self._finite().numpy()
+        return [variable.path for variable, finite in zip(self._variables, flags) if not finite]
 
 
 def _log_initialization(config, initialization, chief, out_dir):
