@@ -92,7 +92,7 @@ class BatchNorm(AffineNormalization):
       statistics); `synchronized=True` needs TensorFlow (a ValueError
       elsewhere, as in Keras).
     - A channel whose batch mean or variance is not finite leaves its moving
-      statistics unchanged (and, with renorm, is not corrected).
+      statistics unchanged.
     - A training batch of one example is normalized over its spatial
       positions (an image), which is well defined. With one value per
       channel (a dense input, or a 1x1 image) the variance is 0: the output
@@ -374,11 +374,9 @@ class BatchNorm(AffineNormalization):
                 r = ops.minimum(r, float(clipping["rmax"]))
             if "dmax" in clipping:
                 d = ops.clip(d, -float(clipping["dmax"]), float(clipping["dmax"]))
-            # A channel without finite statistics is left uncorrected: its r
-            # and d would turn the gradients of gamma and beta into NaN.
-            finite = ops.logical_and(ops.isfinite(mean), ops.isfinite(variance))
-            r = ops.stop_gradient(ops.where(finite, r, 1.0))
-            d = ops.stop_gradient(ops.where(finite, d, 0.0))
+            # The kernels' moments are finite for any finite batch, an empty
+            # one included (mean 0, variance 0): no guard is needed here.
+            r, d = ops.stop_gradient(r), ops.stop_gradient(d)
             return r, d
 
         return correction
@@ -396,13 +394,22 @@ class BatchNorm(AffineNormalization):
 
     def _update_moving_statistics(self, mean, variance, observed):
         """Moves the statistics towards the batch's, in the channels where
-        `observed` (the batch had values there, and finite statistics)."""
+        `observed` (the batch had values there, and finite statistics).
+        Elsewhere the batch's statistics are replaced by 0 and the momentum
+        by 1, so those channels keep their values exactly; written so, the
+        update takes few small ops (eager mode pays for each)."""
+        mean = ops.stop_gradient(ops.where(observed, mean, 0.0))
+        variance = ops.stop_gradient(ops.where(observed, variance, 0.0))
+        weights = {}
 
         def follow(statistic, batch, momentum):
-            # A value: JAX's `where` refuses a Keras variable.
-            old = ops.convert_to_tensor(statistic)
-            updated = old * momentum + ops.stop_gradient(batch) * (1.0 - momentum)
-            updated = ops.where(observed, updated, old)
+            if momentum not in weights:
+                weights[momentum] = (
+                    ops.where(observed, momentum, 1.0),
+                    ops.where(observed, 1.0 - momentum, 0.0),
+                )
+            weight, complement = weights[momentum]
+            updated = ops.convert_to_tensor(statistic) * weight + batch * complement
             statistic.assign(updated)
             return updated
 
