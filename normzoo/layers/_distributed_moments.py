@@ -202,12 +202,14 @@ def batch_norm_training(x, gamma, beta, epsilon, axes, shape, context, mask=None
 
     # Values: a custom gradient must not read variables itself.
     gamma, beta = tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta)
+    correction_inputs = [tf.convert_to_tensor(t) for t in correction.inputs] if correction else []
 
     @tf.custom_gradient
-    def normalize(x, gamma, beta):
+    def normalize(x, gamma, beta, *correction_inputs):
         count, mean, variance, centered = global_moments(x, axes, context, mask)
         scale_by, offset_by, affine_gradient = corrected(
-            correction, gamma, beta, tf.reshape(mean, [-1]), tf.reshape(variance, [-1])
+            correction, gamma, beta, tf.reshape(mean, [-1]), tf.reshape(variance, [-1]),
+            correction_inputs,
         )
         inverse_std = tf.math.rsqrt(variance + epsilon)
         scale = tf.reshape(scale_by, shape) * inverse_std
@@ -230,7 +232,7 @@ def batch_norm_training(x, gamma, beta, epsilon, axes, shape, context, mask=None
             d_x = d_outputs * scale + selected_only(d_statistics, mask)
             d_scale = inverse_std * d_centered
             d_gamma, d_beta = affine_gradient(tf.reshape(d_scale, [-1]), tf.reshape(d_beta, [-1]))
-            return d_x, d_gamma, d_beta
+            return (d_x, d_gamma, d_beta, *(tf.zeros_like(t) for t in correction_inputs))
 
         return (
             outputs,
@@ -239,4 +241,4 @@ def batch_norm_training(x, gamma, beta, epsilon, axes, shape, context, mask=None
             tf.reshape(count, [-1]),
         ), gradient
 
-    return normalize(x, gamma, beta)
+    return normalize(x, gamma, beta, *correction_inputs)

@@ -14,6 +14,8 @@ elementwise ops and reductions. Two adjustments keep normzoo's guarantees:
   says.
 """
 
+import contextlib
+
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
@@ -48,6 +50,28 @@ def batch_norm_training(x, gamma, beta, epsilon, data_format):
     # empty replica's shard) it is one value per channel, not none.
     mean = tf.reduce_sum(shift, axis=reduced) + deviation_mean
     return outputs, mean, variance, count
+
+
+def compiled_when_eager(function):
+    """See `_kernels.compiled_when_eager`. Not under a distribution
+    strategy, whose eager replicas each need their own variables and
+    context (a function traced in one replica would be reused by
+    another)."""
+    compiled = tf.function(function, reduce_retracing=True, autograph=False)
+
+    def call(*args):
+        if tf.executing_eagerly() and not tf.distribute.has_strategy():
+            return compiled(*args)
+        return function(*args)
+
+    return call
+
+
+def after(tensor):
+    """See `_kernels.after`."""
+    if tf.executing_eagerly():
+        return contextlib.nullcontext()
+    return tf.control_dependencies([tensor])
 
 
 def in_xla_context():
@@ -122,13 +146,14 @@ def batch_norm_training_composed(
 
     # Values: a custom gradient must not read variables itself.
     gamma, beta = tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta)
+    correction_inputs = [tf.convert_to_tensor(t) for t in correction.inputs] if correction else []
 
     @tf.custom_gradient
-    def normalize(x, gamma, beta):
+    def normalize(x, gamma, beta, *correction_inputs):
         count, shift, deviation, residual, variance = shifted_moments(x, axes, mask)
         mean = tf.reshape(shift + residual, [-1])
         scale_by, offset_by, affine_gradient = corrected(
-            correction, gamma, beta, mean, tf.reshape(variance, [-1])
+            correction, gamma, beta, mean, tf.reshape(variance, [-1]), correction_inputs
         )
         outputs, inverse_std, scale = standardized(
             deviation, residual, variance, scale_by, offset_by, epsilon, shape
@@ -148,11 +173,11 @@ def batch_norm_training_composed(
             d_statistics = deviation * b - (scale * d_offset / divisor + b * residual)
             d_x = d_outputs * scale + selected_only(d_statistics, mask)
             d_gamma, d_beta = affine_gradient(tf.reshape(d_scale, [-1]), tf.reshape(d_offset, [-1]))
-            return d_x, d_gamma, d_beta
+            return (d_x, d_gamma, d_beta, *(tf.zeros_like(t) for t in correction_inputs))
 
         return (outputs, mean, tf.reshape(variance, [-1]), tf.reshape(count, [-1])), gradient
 
-    return normalize(x, gamma, beta)
+    return normalize(x, gamma, beta, *correction_inputs)
 
 
 def selected_only(value, mask):

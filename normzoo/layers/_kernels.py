@@ -18,6 +18,8 @@ backend and are imported only where that backend runs:
   synchronize over.
 """
 
+import contextlib
+
 from keras import ops
 
 from normzoo.backends import TENSORFLOW
@@ -77,6 +79,26 @@ def composed_training(x, gamma, beta, epsilon, axes, shape, mask=None, correctio
     scale_by, offset_by, _ = corrected(correction, gamma, beta, mean, flat_variance)
     outputs, _, _ = standardized(deviation, residual, variance, scale_by, offset_by, epsilon, shape)
     return outputs, mean, flat_variance, ops.reshape(count, [-1])
+
+
+def compiled_when_eager(function):
+    """`function`, run as one compiled call where it is called eagerly on
+    TensorFlow (`tf.function`, traced once per input signature): its few
+    dozen small ops would otherwise each pay eager dispatch, which for a
+    training-mode BatchNorm costs more than its arithmetic at small sizes.
+    Inside a traced function, and on other backends, `function` runs as
+    is."""
+    if not TENSORFLOW:
+        return function
+    return _fused.compiled_when_eager(function)
+
+
+def after(tensor):
+    """A context in which the ops created run after `tensor` is computed
+    (in a TensorFlow graph; elsewhere ops run in order anyway)."""
+    if not TENSORFLOW:
+        return contextlib.nullcontext()
+    return _fused.after(tensor)
 
 
 def sync_replica_context():

@@ -1,6 +1,8 @@
 """Helpers shared by the normalization layers: dtypes, axes and moments."""
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import keras
 from keras import ops
@@ -116,19 +118,31 @@ def standardized(deviation, residual, variance, gamma, beta, epsilon, shape):
     return outputs, inverse_std, scale
 
 
-def corrected(correction, gamma, beta, mean, variance):
+class Correction(NamedTuple):
+    """A correction of the standardized batch (Batch Renormalization's):
+    `function(mean, variance, *inputs) -> (r, d)` of the batch's per-channel
+    moments and `inputs`, tensors read before the kernel runs (the renorm
+    statistics before this batch's update). r and d carry no gradient.
+    The inputs are passed to the kernels as arguments, not captured: a
+    TensorFlow graph then reads them in order with their update."""
+
+    function: Callable
+    inputs: tuple = ()
+
+
+def corrected(correction, gamma, beta, mean, variance, inputs=None):
     """`(scale, offset, affine_gradient)`: the per-channel scale and offset
     of the standardized batch, and the map from their gradients to those of
     `gamma` and `beta`. Without a `correction` they are gamma and beta. With
-    one, a function `(mean, variance) -> (r, d)` of the batch's per-channel
-    moments whose values carry no gradient (Batch Renormalization's), they
-    are gamma * r and gamma * d + beta, and
+    one (a `Correction`, applied to `inputs`, by default its own), they are
+    gamma * r and gamma * d + beta, and
 
         d_gamma = r * d_scale + d * d_offset,  d_beta = d_offset.
     """
     if correction is None:
         return gamma, beta, lambda d_scale, d_offset: (d_scale, d_offset)
-    r, d = correction(mean, variance)
+    inputs = correction.inputs if inputs is None else inputs
+    r, d = correction.function(mean, variance, *inputs)
     return (
         gamma * r,
         gamma * d + beta,

@@ -9,7 +9,12 @@ from keras import initializers, ops
 
 from normzoo.layers import _kernels
 from normzoo.layers._affine import AffineNormalization
-from normzoo.layers._statistics import broadcast_shape, normalize_axes, statistics_dtype
+from normzoo.layers._statistics import (
+    Correction,
+    broadcast_shape,
+    normalize_axes,
+    statistics_dtype,
+)
 
 _RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 
@@ -91,6 +96,11 @@ class BatchNorm(AffineNormalization):
       guarantees (accuracy when |mean| >> std, masks, renorm, float32
       statistics); `synchronized=True` needs TensorFlow (a ValueError
       elsewhere, as in Keras).
+    - Called eagerly on TensorFlow (outside a distribution strategy), a
+      training-mode call runs as one `tf.function`, traced on the first
+      call of each input signature: its few dozen small ops would each pay
+      eager dispatch, which costs more than the arithmetic at small sizes
+      (P2's eager rows).
     - A channel whose batch mean or variance is not finite leaves its moving
       statistics unchanged.
     - A training batch of one example is normalized over its spatial
@@ -352,20 +362,20 @@ class BatchNorm(AffineNormalization):
             correction=self._renorm_correction() if self.renorm else None,
         )
         finite = ops.logical_and(ops.isfinite(mean), ops.isfinite(variance))
-        self._update_moving_statistics(mean, variance, ops.logical_and(finite, count > 0))
+        # After the outputs: they read the renorm statistics before the update.
+        with _kernels.after(outputs):
+            self._update_moving_statistics(mean, variance, ops.logical_and(finite, count > 0))
         return outputs
 
     def _renorm_correction(self):
-        """Keras' renorm correction as a function `(mean, variance) -> (r,
-        d)` of the batch's per-channel moments, with the renorm statistics
-        before this batch's update (read here: the kernels must not read
-        variables); r and d carry no gradient."""
+        """Keras' renorm correction (a `Correction`): r and d of the batch's
+        per-channel moments and the renorm statistics before this batch's
+        update; r and d carry no gradient."""
         epsilon = self.epsilon
-        renorm_mean = ops.convert_to_tensor(self.renorm_mean)
-        renorm_stddev = ops.maximum(ops.convert_to_tensor(self.renorm_stddev), math.sqrt(epsilon))
         clipping = {key: value for key, value in self.renorm_clipping.items() if value is not None}
 
-        def correction(mean, variance):
+        def correction(mean, variance, renorm_mean, renorm_stddev):
+            renorm_stddev = ops.maximum(renorm_stddev, math.sqrt(epsilon))
             r = ops.sqrt(variance + epsilon) / renorm_stddev
             d = (mean - renorm_mean) / renorm_stddev
             if "rmin" in clipping:
@@ -376,10 +386,9 @@ class BatchNorm(AffineNormalization):
                 d = ops.clip(d, -float(clipping["dmax"]), float(clipping["dmax"]))
             # The kernels' moments are finite for any finite batch, an empty
             # one included (mean 0, variance 0): no guard is needed here.
-            r, d = ops.stop_gradient(r), ops.stop_gradient(d)
-            return r, d
+            return ops.stop_gradient(r), ops.stop_gradient(d)
 
-        return correction
+        return Correction(correction, (self.renorm_mean, self.renorm_stddev))
 
     def _scale_and_offset(self, centered, variance):
         # centered * scale, not x * scale - mean * scale: the latter loses
@@ -436,7 +445,9 @@ class BatchNorm(AffineNormalization):
             )
         x = ops.cast(inputs, self.moving_mean.dtype)
         if training and self.trainable and not self.frozen_stats:
-            outputs = self._train_forward(x, mask)
+            if getattr(self, "_compiled_train_forward", None) is None:
+                self._compiled_train_forward = _kernels.compiled_when_eager(self._train_forward)
+            outputs = self._compiled_train_forward(x, mask)
         else:
             mean, variance = self._moving_statistics()
             outputs = self._scale_and_offset(x - self._reshape(mean), self._reshape(variance))
