@@ -88,10 +88,18 @@ def test_recorded_times_add_up_and_agree_with_independent_clocks(tmp_path, tiny_
 
     # TensorBoard has the same per-epoch figures.
     events = [str(path) for path in (tmp_path / "tensorboard").iterdir()]
-    scalars = collections.defaultdict(dict)
+    scalars, texts = collections.defaultdict(dict), {}
     for event in tf.compat.v1.train.summary_iterator(events[0]):
         for value in event.summary.value:
-            scalars[value.tag][event.step] = float(tf.make_ndarray(value.tensor))
+            array = tf.make_ndarray(value.tensor)
+            if array.dtype == object:  # a text summary
+                texts[value.tag, event.step] = array.item().decode()
+            else:
+                scalars[value.tag][event.step] = float(array)
+    # The run's flags, as flags.json holds them, at its first step.
+    assert list(texts) == [("flags", 0)]
+    with open(tmp_path / "flags.json") as flags_file:
+        assert json.loads(texts["flags", 0].strip("`\n")) == json.load(flags_file)
     for record in history:
         for key in (*PARTS, "steps_per_second", "wall_seconds"):
             np.testing.assert_allclose(scalars[key][record["step"]], record[key], rtol=1e-6)
