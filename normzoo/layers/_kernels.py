@@ -48,9 +48,9 @@ def batch_norm_training(
     per-channel batch mean and biased variance (no gradient), and the
     number of values per channel. With a boolean `mask` (broadcast along
     `axes`), statistics of the selected values only. `data_format` is
-    `fused_data_format`'s answer for this input. A `correction`, a function
-    `(mean, variance) -> (r, d)` of the batch's per-channel moments whose
-    values carry no gradient (Batch Renormalization's), scales the
+    `fused_data_format`'s answer for this input. A `correction` (a
+    `_statistics.Correction`: r and d of the batch's per-channel moments
+    and the renorm statistics, without gradient), scales the
     standardized batch by gamma * r and offsets it by gamma * d + beta;
     the moments are computed once, and the fused kernel (which returns
     them only after normalizing) is not used."""
