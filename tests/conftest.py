@@ -6,6 +6,8 @@ with one physical CPU device. Single-device code runs on the first one.
 """
 
 import os
+import pathlib
+import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -38,6 +40,7 @@ if keras.backend.backend() == "tensorflow":
 import pytest  # noqa: E402
 
 LOGICAL_CPUS = [f"/cpu:{i}" for i in range(NUM_LOGICAL_CPUS)]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -113,3 +116,25 @@ def torch_reference():
             return model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
 
     return types.SimpleNamespace(randomized=randomized, logits=logits)
+
+
+@pytest.fixture(scope="session")
+def run_python():
+    """run_python(*args, backend): runs `python *args` in a process of its
+    own, from the repository root with normzoo importable and Keras on
+    `backend` ("tensorflow", "jax"); asserts that it exits 0 (showing the
+    end of its stderr if not) and returns its stdout."""
+
+    def run(*args, backend):
+        result = subprocess.run(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env={**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        return result.stdout
+
+    return run

@@ -58,6 +58,13 @@ def compiled_when_eager(function):
     context (a function traced in one replica would be reused by
     another)."""
     compiled = tf.function(function, reduce_retracing=True, autograph=False)
+    # TensorFlow counts the traces of every tf.function of one Python code
+    # object together: a model's BatchNorm layers, each tracing its own
+    # function once at its first eager call, would read as one function
+    # retraced on every call and log "triggered tf.function retracing" (at a
+    # model's fifth layer). TensorFlow's own restored functions omit the
+    # warning the same way (saved_model/function_deserialization.py).
+    compiled._omit_frequent_tracing_warning = True
 
     def call(*args):
         if tf.executing_eagerly() and not tf.distribute.has_strategy():

@@ -257,6 +257,7 @@ class BatchNorm(AffineNormalization):
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
         self.supports_masking = True
+        self._compiled_train_forward = _kernels.compiled_when_eager(self._train_forward)
 
     def build(self, input_shape):
         ndim = len(input_shape)
@@ -445,8 +446,6 @@ class BatchNorm(AffineNormalization):
             )
         x = ops.cast(inputs, self.moving_mean.dtype)
         if training and self.trainable and not self.frozen_stats:
-            if getattr(self, "_compiled_train_forward", None) is None:
-                self._compiled_train_forward = _kernels.compiled_when_eager(self._train_forward)
             outputs = self._compiled_train_forward(x, mask)
         else:
             mean, variance = self._moving_statistics()

@@ -21,33 +21,13 @@ import pytest
 import tensorflow as tf
 
 from normzoo import checkpoints, models
-from normzoo.checkpoints import RestoreError
+from tests.checkpoints import refusals
 
 SHAPE = (16, 16, 3)
 
 
 def _model(name="resnet20", norm="batch", **overrides):
     return models.build(name, norm=norm, input_shape=SHAPE, num_classes=5, **overrides)
-
-
-def _values(model):
-    return {variable.path: variable.numpy().copy() for variable in model.weights}
-
-
-def _assert_refused_and_unchanged(model, path, *patterns):
-    """restore(model, path) raises RestoreError whose message contains every
-    pattern; every variable of `model` keeps its value bit for bit."""
-    before = _values(model)
-    with pytest.raises(RestoreError) as caught:
-        checkpoints.restore(model, path)
-    message = str(caught.value)
-    for pattern in patterns:
-        assert pattern in message, f"{pattern!r} not in:\n{message}"
-    after = _values(model)
-    assert after.keys() == before.keys()
-    changed = [name for name in before if not np.array_equal(after[name], before[name])]
-    assert not changed, f"changed: {changed[:5]}"
-    return caught.value
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +41,7 @@ def saved(tmp_path_factory):
     for variable in model.weights:
         variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype(variable.dtype))
     # What every file holds, for the tests that restore an undamaged one.
-    np.savez(directory / "values.npz", **_values(model))
+    np.savez(directory / "values.npz", **refusals.values(model))
     model.save_weights(directory / "model.weights.h5")
     model.save(directory / "model.keras")
     optimizer = keras.optimizers.SGD(momentum=0.9)
@@ -110,7 +90,7 @@ def test_the_undamaged_files_restore(saved, tmp_path, monkeypatch):
     def assert_restores(which):
         model = _model()
         checkpoints.restore(model, _damage(saved, tmp_path / which, which, lambda data: data))
-        values = _values(model)
+        values = refusals.values(model)
         assert values.keys() == expected.keys()
         for name, value in expected.items():
             np.testing.assert_array_equal(values[name], value, err_msg=name)
@@ -128,7 +108,7 @@ def test_the_undamaged_files_restore(saved, tmp_path, monkeypatch):
 @pytest.mark.parametrize("fraction", [0.5, 0.99])
 def test_a_file_cut_short_is_refused(saved, target, tmp_path, which, fraction):
     path = _damage(saved, tmp_path, which, lambda data: data[: int(len(data) * fraction)])
-    error = _assert_refused_and_unchanged(target, path, str(path))
+    error = refusals.assert_refused_and_unchanged(target, path, str(path))
     assert any(word in str(error) for word in ("truncated", "incomplete", "cut short")), str(error)
 
 
@@ -150,7 +130,7 @@ def test_flipped_bytes_are_refused(saved, target, tmp_path, which, offset):
         return data
 
     path = _damage(saved, tmp_path, which, flip)
-    error = _assert_refused_and_unchanged(target, path, str(path))
+    error = refusals.assert_refused_and_unchanged(target, path, str(path))
     assert any(word in str(error) for word in ("damaged", "corrupt")), str(error)
 
 
@@ -158,7 +138,7 @@ def test_the_weights_of_a_network_that_is_no_resnet_are_refused(target, tmp_path
     mlp = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="hidden")])
     path = tmp_path / "mlp.weights.h5"
     mlp.save_weights(path)
-    error = _assert_refused_and_unchanged(
+    error = refusals.assert_refused_and_unchanged(
         target, path, "missing from the checkpoint", "matching no model variable", "Fix:"
     )
     assert error.report.restored == ()
@@ -177,7 +157,7 @@ def test_the_weights_of_a_network_that_is_no_resnet_are_refused(target, tmp_path
 def test_a_checkpoint_of_another_architecture_is_described(tmp_path, source, into, described):
     path = tmp_path / "source.weights.h5"
     _model(*source).save_weights(path)
-    _assert_refused_and_unchanged(
+    refusals.assert_refused_and_unchanged(
         _model(*into), path, *described, "normzoo.build(name, weights=path)"
     )
 
@@ -187,14 +167,14 @@ def test_resnet50_into_resnet101_is_refused(tmp_path):
     path = tmp_path / "resnet50.weights.h5"
     models.build("resnet50", input_shape=shape, width=2, num_classes=3).save_weights(path)
     target = models.build("resnet101", input_shape=shape, width=2, num_classes=3)
-    _assert_refused_and_unchanged(target, path, "3, 4, 6, 3 blocks", "3, 4, 23, 3 blocks")
+    refusals.assert_refused_and_unchanged(target, path, "3, 4, 6, 3 blocks", "3, 4, 23, 3 blocks")
 
 
 def test_a_mismatch_inside_the_network_names_each_shape(tmp_path):
     path = tmp_path / "wide.weights.h5"
     _model(width=32).save_weights(path)
     target = _model()
-    error = _assert_refused_and_unchanged(target, path, "shape mismatch(es)", "conv1_conv/kernel")
+    error = refusals.assert_refused_and_unchanged(target, path, "shape mismatch(es)", "conv1_conv/kernel")
     kernel = next(m for m in error.report.shape_mismatched if m.variable == "conv1_conv/kernel")
     assert kernel.model_shape[-1] != kernel.source_shape[-1]
 
@@ -211,7 +191,7 @@ def test_inf_in_a_training_checkpoint_is_never_assigned(tmp_path, target, strict
     kernel.assign(poisoned)
     prefix = tf.train.Checkpoint(model=source).write(str(tmp_path / "ckpt-1"))
     if strict:
-        error = _assert_refused_and_unchanged(
+        error = refusals.assert_refused_and_unchanged(
             target, prefix, "NaN or Inf", "conv1_conv/kernel", "restore an earlier checkpoint"
         )
         assert [variable for variable, _ in error.report.non_finite] == ["conv1_conv/kernel"]
@@ -222,8 +202,8 @@ def test_inf_in_a_training_checkpoint_is_never_assigned(tmp_path, target, strict
         np.testing.assert_array_equal(target.get_layer("conv1_conv").kernel.numpy(), kept)
         # Every other variable is restored (was: one moving mean compared
         # with a freshly built model's, zeros on both sides).
-        expected = _values(source)
-        for name, value in _values(target).items():
+        expected = refusals.values(source)
+        for name, value in refusals.values(target).items():
             if name != "conv1_conv/kernel":
                 np.testing.assert_array_equal(value, expected[name], err_msg=name)
 
@@ -257,7 +237,7 @@ def test_a_keras_file_with_python_bytecode_is_refused_and_never_run(tmp_path):
     marker.unlink()
 
     target = _model()
-    _assert_refused_and_unchanged(
+    refusals.assert_refused_and_unchanged(
         target, path, "Python bytecode", "preprocess", "safe_mode=False", "save_weights"
     )
     assert not marker.exists()
@@ -278,4 +258,4 @@ def test_a_keras_file_with_a_lambda_hidden_in_a_nested_config_is_refused(saved, 
                 }
                 content = json.dumps(config)
             copy.writestr(item, content)
-    _assert_refused_and_unchanged(_model(), path, "Python bytecode")
+    refusals.assert_refused_and_unchanged(_model(), path, "Python bytecode")

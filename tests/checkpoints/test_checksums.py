@@ -25,6 +25,7 @@ import pytest
 import normzoo
 from normzoo import checkpoints, models
 from normzoo.checkpoints import RestoreError, integrity
+from tests.checkpoints import refusals
 
 SHAPE = (16, 16, 3)
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,10 +38,6 @@ def _model(seed):
     for variable in model.weights:
         variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype(variable.dtype))
     return model
-
-
-def _values(model):
-    return {variable.path: variable.numpy().copy() for variable in model.weights}
 
 
 def _datasets(path):
@@ -93,7 +90,7 @@ def _xor(path, model, variable_path, length=4096):
 def source():
     """A ResNet-20 with random values, and {variable path: its value}."""
     model = _model(seed=0)
-    return model, _values(model)
+    return model, refusals.values(model)
 
 
 @pytest.fixture
@@ -109,19 +106,6 @@ def target():
     return _model(seed=1)
 
 
-def _assert_refused_and_unchanged(model, path, *patterns):
-    before = _values(model)
-    with pytest.raises(RestoreError) as caught:
-        checkpoints.restore(model, path)
-    message = str(caught.value)
-    for pattern in patterns:
-        assert pattern in message, f"{pattern!r} not in:\n{message}"
-    after = _values(model)
-    changed = [name for name in before if not np.array_equal(after[name], before[name])]
-    assert not changed, f"changed: {changed[:5]}"
-    return message
-
-
 @pytest.mark.parametrize(
     "variable", ["conv3_block1_1_conv/kernel", "conv1_bn/moving_variance", "predictions/bias"]
 )
@@ -131,20 +115,20 @@ def test_damaged_tensor_bytes_are_refused_naming_the_variable(variable, source, 
     # The damage is inside the tensor, and Keras loads it without a word.
     plain = _model(seed=2)
     plain.load_weights(saved)
-    loaded = _values(plain)
+    loaded = refusals.values(plain)
     assert not np.array_equal(loaded[variable], values[variable])
     assert all(np.array_equal(loaded[name], values[name]) for name in values if name != variable)
 
-    message = _assert_refused_and_unchanged(
+    message = str(refusals.assert_refused_and_unchanged(
         target, saved, str(saved), f"{variable} ({dataset})", "Fix:"
-    )
+    ))
     assert message.count("(/layers/") == 1, message
 
 
 def test_damage_in_several_tensors_names_each(source, saved, target):
     variables = ["conv1_conv/kernel", "conv2_block2_2_bn/gamma", "conv4_block3_2_bn/moving_mean"]
     datasets = [_xor(saved, source[0], variable) for variable in variables]
-    message = _assert_refused_and_unchanged(target, saved, "3 tensor(s)")
+    message = str(refusals.assert_refused_and_unchanged(target, saved, "3 tensor(s)"))
     for variable, dataset in zip(variables, datasets):
         assert f"{variable} ({dataset})" in message
 
@@ -156,7 +140,7 @@ def test_an_intact_file_restores_every_saved_value_verified(source, saved, targe
     tensors = len(_datasets(saved))
     assert tensors == len(target.weights)
     assert f"verified: the sha256 of each of its {tensors} tensors" in str(report)
-    restored = _values(target)
+    restored = refusals.values(target)
     for name, value in source[1].items():
         np.testing.assert_array_equal(restored[name], value, name)
 
@@ -179,7 +163,7 @@ def test_plain_keras_reads_our_files_and_they_hold_what_keras_writes(source, sav
     model, values = source
     fresh = _model(seed=2)
     fresh.load_weights(saved)
-    loaded = _values(fresh)
+    loaded = refusals.values(fresh)
     for name, value in values.items():
         np.testing.assert_array_equal(loaded[name], value, name)
     model.save_weights(tmp_path / "keras.weights.h5")
@@ -199,7 +183,7 @@ def test_a_file_written_by_keras_restores_not_verified(source, tmp_path, target)
 
     assert not report.verified and report.complete
     assert "not verified: its weights carry no checksums" in str(report)
-    restored = _values(target)
+    restored = refusals.values(target)
     assert all(np.array_equal(restored[name], value) for name, value in values.items())
 
 
@@ -277,7 +261,7 @@ def test_a_distributed_name_with_another_md5_is_refused_with_the_download(keras2
     name = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
     path = keras2_file(name)
     actual = hashlib.md5(path.read_bytes()).hexdigest()
-    _assert_refused_and_unchanged(
+    refusals.assert_refused_and_unchanged(
         target, path, str(path), actual, KERAS_MD5[name], "Fix: download it again from",
         f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{name}",
     )
@@ -293,7 +277,7 @@ def test_a_distributed_name_with_the_published_md5_restores_verified(
 
     assert report.verified and report.format == "keras_legacy_h5"
     assert "md5 is the one Keras publishes" in str(report)
-    restored = _values(target)
+    restored = refusals.values(target)
     assert all(np.array_equal(restored[name], value) for name, value in source[1].items())
 
 
@@ -351,7 +335,7 @@ def test_a_published_file_that_is_not_the_one_its_manifest_records_is_refused(pu
     (directory / "manifest.json").write_text(json.dumps(manifest))
     path = directory / entry["file"]
 
-    _assert_refused_and_unchanged(
+    refusals.assert_refused_and_unchanged(
         _published_model(entry), path, str(directory / "manifest.json"), other, entry["sha256"],
         "Fix: restore the published file",
     )
@@ -374,7 +358,7 @@ def test_a_damaged_published_file_names_its_tensor(published_copy):
     data[offset] ^= 0x01
     path.write_bytes(bytes(data))
 
-    _assert_refused_and_unchanged(
+    refusals.assert_refused_and_unchanged(
         _published_model(entry), path, f"conv2_block1_1_bn/moving_variance (/{dataset})"
     )
 

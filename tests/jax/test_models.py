@@ -2,10 +2,6 @@
 norm, and `.weights.h5` files that move between TensorFlow and JAX
 processes with equal outputs."""
 
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -13,8 +9,6 @@ import numpy as np
 import pytest
 
 from normzoo import backends, checkpoints, data, models, naming, training
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="run with KERAS_BACKEND=jax (tests/test_backends.py)"
@@ -87,24 +81,16 @@ TENSORFLOW_SIDE = textwrap.dedent(
 )
 
 
-def tensorflow_side(norm, mode, directory):
-    result = subprocess.run(
-        [sys.executable, "-c", TENSORFLOW_SIDE, norm, mode, str(directory)],
-        cwd=ROOT,
-        env={**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-
-
-def test_weights_files_move_between_tensorflow_and_jax_with_equal_outputs(tmp_path):
+def test_weights_files_move_between_tensorflow_and_jax_with_equal_outputs(tmp_path, run_python):
     norm = "batch"  # the norm with moving statistics, which training moves
+
+    def tensorflow_side(mode):
+        run_python("-c", TENSORFLOW_SIDE, norm, mode, str(tmp_path), backend="tensorflow")
+
     images, _ = batch(seed=3)
     np.save(tmp_path / "images.npy", images)
     # TensorFlow trains one epoch (moving statistics move) and saves.
-    tensorflow_side(norm, "save", tmp_path)
+    tensorflow_side("save")
     model = tiny_model(norm, seed=2)
     model.load_weights(tmp_path / "tensorflow.weights.h5")
     expected = np.load(tmp_path / "tensorflow_inference.npy")
@@ -118,7 +104,7 @@ def test_weights_files_move_between_tensorflow_and_jax_with_equal_outputs(tmp_pa
     model.compile(keras.optimizers.SGD(0.05), LOSS, jit_compile=True)
     model.fit(images, np.arange(len(images)) % 3, batch_size=8, epochs=1, verbose=0)
     model.save_weights(tmp_path / "jax.weights.h5")
-    tensorflow_side(norm, "load", tmp_path)
+    tensorflow_side("load")
     np.testing.assert_allclose(
         np.load(tmp_path / "tensorflow_inference.npy"),
         np.asarray(model(images, training=False)),

@@ -3,17 +3,11 @@ backend in which importing `tensorflow` fails, as where it is not
 installed."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="run with KERAS_BACKEND=jax (tests/test_backends.py)"
@@ -34,21 +28,14 @@ WITHOUT_TENSORFLOW = textwrap.dedent(
 )
 
 
-def run_without_tensorflow(script):
-    """Runs `script` in a JAX-backend process without TensorFlow; returns stdout."""
-    result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TENSORFLOW + textwrap.dedent(script)],
-        cwd=ROOT,
-        env={**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result.stdout
+@pytest.fixture
+def run_without_tensorflow(run_python):
+    """run_without_tensorflow(script): runs `script` in a JAX-backend process
+    in which TensorFlow cannot be imported; returns its stdout."""
+    return lambda script: run_python("-c", WITHOUT_TENSORFLOW + textwrap.dedent(script), backend="jax")
 
 
-def test_the_blocker_blocks():
+def test_the_blocker_blocks(run_without_tensorflow):
     out = run_without_tensorflow(
         """
         try:
@@ -60,7 +47,9 @@ def test_the_blocker_blocks():
     assert out.split() == ["blocked"]
 
 
-def test_normzoo_its_layers_models_bn_and_checkpoints_import_and_run_without_tensorflow():
+def test_normzoo_its_layers_models_bn_and_checkpoints_import_and_run_without_tensorflow(
+    run_without_tensorflow,
+):
     out = run_without_tensorflow(
         """
         import numpy as np
@@ -85,7 +74,7 @@ def test_normzoo_its_layers_models_bn_and_checkpoints_import_and_run_without_ten
     assert out.splitlines() == ["(8, 10) True", "False", "data tensorflow", "training tensorflow"]
 
 
-def test_the_gpu_check_runs_without_tensorflow_at_tiny_size(tmp_path):
+def test_the_gpu_check_runs_without_tensorflow_at_tiny_size(tmp_path, run_without_tensorflow):
     """scripts/gpu_check.py --tiny, as on the GPU machine (JAX, no
     TensorFlow): one JSON whose numerical checks all pass and whose
     timings and losses are finite."""

@@ -1,6 +1,7 @@
 """normzoo.layers.BatchNorm on one device, against NumPy and Keras."""
 
 import functools
+import logging
 
 import keras
 import numpy as np
@@ -394,6 +395,37 @@ def test_xla_training_step_equals_eager_step():
     assert "convolution" in hlo and ("rsqrt" in hlo or "batch-norm-training" in hlo)
     for eager_weight, xla_weight in zip(eager_model.get_weights(), xla_model.get_weights()):
         np.testing.assert_allclose(xla_weight, eager_weight, atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_of_many_layers_trains_eagerly_without_retracing_warnings(caplog):
+    """An eager training call runs each layer as one tf.function, traced
+    once per layer. TensorFlow counts the traces of all functions of one
+    Python function together and warns of "retracing" at five in ten calls:
+    a model's fifth BatchNorm would trigger it on the first step, though
+    nothing retraces. Each layer still computes the batch-statistics
+    formula, from its first call to its last."""
+    from tensorflow.python.eager.polymorphic_function import polymorphic_function
+
+    # TensorFlow's detector warns at most twice per process: earlier tests
+    # must not have used that up, or the warning could not show here.
+    polymorphic_function._frequent_tracing_detector_manager._detectors.pop(
+        BatchNorm._train_forward.__code__, None
+    )
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(caplog.handler)
+    stack = [BatchNorm(epsilon=EPSILON, center=False, scale=False) for _ in range(8)]
+    try:
+        x = images((6, 5))
+        for step in range(3):
+            outputs = expected = x + step
+            for layer in stack:
+                outputs = layer(outputs, training=True)
+                mean, variance = numpy_batch_moments(expected, axis=-1)
+                expected = (expected - mean) / np.sqrt(variance + EPSILON)
+            np.testing.assert_allclose(outputs, expected, atol=1e-4)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert not [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
 
 
 def training_gradients(layer, d_outputs):

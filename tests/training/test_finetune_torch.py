@@ -26,7 +26,7 @@ from torchvision.transforms import functional
 
 import normzoo
 from normzoo import data
-from normzoo.training import TrainConfig, train
+from normzoo.training import train
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "finetune.py"
 IMAGE_SIZE = 32
@@ -51,25 +51,6 @@ def torch_checkpoints(tmp_path_factory, torch_reference):
     return made
 
 
-def _config(model_dir, init_checkpoint, **overrides):
-    values = dict(
-        model="resnet18",
-        dataset="digits",
-        image_size=IMAGE_SIZE,
-        batch_size=16,
-        epochs=1,
-        steps_per_epoch=1,
-        learning_rate=0.01,
-        schedule="constant",
-        bn="frozen_stats",
-        model_dir=str(model_dir),
-        init_checkpoint=str(init_checkpoint),
-        verbose=False,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
 def _digits_test_pixels():
     """The digits test split as the loop resizes it, RGB, in 0..255 pixel
     values (inverting preprocess_mode="tf", x / 127.5 - 1), and its labels."""
@@ -89,11 +70,15 @@ def _torch_loss_and_accuracy(model, inputs, labels):
 
 
 def test_the_default_pipeline_feeds_the_restored_model_torchvisions_preprocessing(
-    tmp_path, torch_checkpoints
+    tmp_path, torch_checkpoints, tiny_config
 ):
     torch_model, path = torch_checkpoints[10]
     model_dir = tmp_path / "run"
-    result = train(_config(model_dir, path))
+    fine_tuning = dict(
+        model="resnet18", image_size=IMAGE_SIZE, epochs=1, steps_per_epoch=1,
+        learning_rate=0.01, bn="frozen_stats",
+    )
+    result = train(tiny_config(model_dir, path, **fine_tuning))
 
     pixels, labels = _digits_test_pixels()
     tensors = torch.from_numpy(pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
@@ -125,7 +110,7 @@ def test_the_default_pipeline_feeds_the_restored_model_torchvisions_preprocessin
     moved = tmp_path / "elsewhere.safetensors"
     os.replace(path, moved)
     try:
-        resumed = train(_config(model_dir, path, epochs=2))
+        resumed = train(tiny_config(model_dir, path, **{**fine_tuning, "epochs": 2}))
     finally:
         os.replace(moved, path)
     assert resumed.metrics["steps"] == 2
