@@ -1,5 +1,6 @@
 """Facts about the TensorFlow running in this process, for the records that
-training runs (`flags.json`) and benchmarks keep."""
+training runs (`flags.json`) and benchmarks keep, and how normzoo makes the
+tf.functions that each object makes for itself."""
 
 
 def onednn_enabled():
@@ -16,3 +17,19 @@ def onednn_enabled():
         return bool(_pywrap_util_port.IsMklEnabled())
     except (ImportError, AttributeError):
         return None
+
+
+def own_function(python_function, **options):
+    """`tf.function(python_function, **options)` for a function that each
+    object (a layer, a training run) makes for itself and traces once.
+    TensorFlow counts the traces of every tf.function of one Python function
+    together: a model's fifth BatchNorm, or the fifth short run of an
+    experiment in one process, would log "triggered tf.function retracing"
+    though nothing retraces. Such a function omits that warning, as
+    TensorFlow's own restored functions do (a private attribute, TF 2.21:
+    `_omit_frequent_tracing_warning`; the tests fail if it stops working)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    function = tf.function(python_function, **options)
+    function._omit_frequent_tracing_warning = True
+    return function

@@ -19,6 +19,7 @@ import contextlib
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
+from normzoo import runtime
 from normzoo.layers._statistics import corrected, shifted_moments, standardized
 
 DATA_FORMATS = {3: "NHWC", 1: "NCHW"}
@@ -57,14 +58,7 @@ def compiled_when_eager(function):
     strategy, whose eager replicas each need their own variables and
     context (a function traced in one replica would be reused by
     another)."""
-    compiled = tf.function(function, reduce_retracing=True, autograph=False)
-    # TensorFlow counts the traces of every tf.function of one Python code
-    # object together: a model's BatchNorm layers, each tracing its own
-    # function once at its first eager call, would read as one function
-    # retraced on every call and log "triggered tf.function retracing" (at a
-    # model's fifth layer). TensorFlow's own restored functions omit the
-    # warning the same way (saved_model/function_deserialization.py).
-    compiled._omit_frequent_tracing_warning = True
+    compiled = runtime.own_function(function, reduce_retracing=True, autograph=False)
 
     def call(*args):
         if tf.executing_eagerly() and not tf.distribute.has_strategy():

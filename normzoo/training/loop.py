@@ -884,11 +884,10 @@ class _FiniteCheck:
     def __init__(self, variables):
         self._variables = [v for v in variables if tf.as_dtype(v.dtype).is_floating]
 
-        @tf.function
         def finite():
             return tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in self._variables])
 
-        self._finite = finite
+        self._finite = runtime.own_function(finite)
         self.non_finite()
 
     def non_finite(self):

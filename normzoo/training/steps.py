@@ -9,7 +9,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.python.eager import context as eager_context
 
-from normzoo import backends
+from normzoo import backends, runtime
 from normzoo.training.distribute import XLA_FORMS, choose_xla_form
 
 
@@ -95,7 +95,7 @@ class TrainStep:
             per_replica = self.strategy.run(replica_step, args=(images, labels))
             return _sum_over_replicas(self.strategy, per_replica)
 
-        return tf.function(step, jit_compile=(form == "whole_step"))
+        return runtime.own_function(step, jit_compile=(form == "whole_step"))
 
     def __call__(self, images, labels):
         self._calls += 1
