@@ -176,13 +176,12 @@ class EvalStep:
                 tf.cast(tf.shape(labels)[0], tf.float32),
             )
 
-        # One trace serves batches of every size (a split's last batch, or
-        # single-class batches).
-        @tf.function(reduce_retracing=True)
         def step(images, labels):
             return _sum_over_replicas(strategy, strategy.run(replica_step, args=(images, labels)))
 
-        self._function = step
+        # One trace serves batches of every size (a split's last batch, or
+        # single-class batches).
+        self._function = runtime.own_function(step, reduce_retracing=True)
 
     def __call__(self, images, labels):
         return self._function(images, labels)
