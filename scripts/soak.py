@@ -7,7 +7,8 @@ Trains a small network on the embedded digits dataset with the pieces of
 `normzoo.training` that a run repeats (the `TrainStep`, a new input
 iterator every epoch as `train` makes, a checkpoint every
 --checkpoint_steps), and samples the resident set size (VmRSS of
-/proc/self/status) every --sample_steps. The start figure is taken after
+/proc/self/status, after glibc's malloc_trim: see `live_rss_bytes`) every
+--sample_steps. The start figure is taken after
 --warmup_steps (tracing, allocator pools and the first checkpoint are done
 by then). Writes scripts/results/soak.json: RSS at start and end, the
 growth per 1000 steps (end minus start; the least-squares slope over all
@@ -15,6 +16,8 @@ samples; the difference of the medians of the first and last thirds of the
 samples, which single checkpoints do not move) and the samples themselves.
 """
 
+import ctypes
+import ctypes.util
 import json
 import os
 import platform
@@ -54,6 +57,34 @@ def rss_bytes():
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none (macOS, musl)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def live_rss_bytes():
+    """RSS after handing the C allocator's free pages back to the system.
+
+    glibc keeps freed memory in its arenas (one per thread that allocated),
+    so plain RSS also counts what TensorFlow's threads freed and the
+    allocator kept: it moves in plateaus tens of MiB apart that last
+    hundreds of steps. malloc_trim(0) returns those pages first, so what is
+    left is live memory, where a leak shows. Measured here over the test's
+    1,600 steps, side by side: plain RSS spanned 949-1030 MiB (medians
+    +57.6 MiB per 1000 steps), trimmed 829-871 MiB (-7.4).
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+    return rss_bytes()
+
+
 def _batches(config):
     """Training batches forever, a new iterator (and shuffle) every epoch."""
     epoch = 0
@@ -89,7 +120,7 @@ def soak(config, *, seconds, steps, warmup_steps, sample_steps, checkpoint_steps
         if step == warmup_steps:
             start_time = time.monotonic()
         if step >= warmup_steps and (step - warmup_steps) % sample_steps == 0:
-            samples.append((step, rss_bytes()))
+            samples.append((step, live_rss_bytes()))
             elapsed = time.monotonic() - start_time
             done = step - warmup_steps
             if (seconds and elapsed >= seconds) or (not seconds and done >= steps):

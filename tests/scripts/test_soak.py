@@ -3,14 +3,17 @@
 The bound: a quarter of an input batch per step. Any per-step leak of a
 tensor at least that big (one input batch of 32 images 32x32 is 128 KiB; the
 gradients of WRN-10-1 are 0.3 MiB; a retraced function costs far more)
-would exceed it, 4x for the input batch. RSS itself moves by tens of MiB
-around checkpoints and new input iterators: in plateaus up to about 60 MiB
-apart that last hundreds of steps (measured here), so the window must be
-long for the medians of its first and last thirds to average them out.
-Over 800 steps a plateau change once read as 34 MiB per 1000 steps (a CI
-failure; the same code over 2,400 steps: -6); over 1,600 steps such a
-change reads as half that. scripts/results/soak.json holds the
-five-minute run.
+would exceed it, 4x for the input batch.
+
+RSS is sampled after glibc's malloc_trim (scripts/soak.py,
+`live_rss_bytes`): plain RSS also counts freed memory that the allocator's
+per-thread arenas keep, and moves in plateaus tens of MiB apart that last
+hundreds of steps. Twice that failed this test (medians of the first and
+last thirds read 34 and 31.6 MiB per 1000 steps in CI; 57.6 here, side by
+side with a trimmed run of the same steps that read -7.4). Trimmed, two
+clean runs read -7.4 and -10.6, and a planted leak of half an input batch
+a step (62.5 MiB per 1000 steps) read +62.5. scripts/results/soak.json
+holds the five-minute run.
 """
 
 import json
