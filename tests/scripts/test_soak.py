@@ -10,10 +10,11 @@ RSS is sampled after glibc's malloc_trim (scripts/soak.py,
 per-thread arenas keep, and moves in plateaus tens of MiB apart that last
 hundreds of steps. Twice that failed this test (medians of the first and
 last thirds read 34 and 31.6 MiB per 1000 steps in CI; 57.6 here, side by
-side with a trimmed run of the same steps that read -7.4). Trimmed, two
-clean runs read -7.4 and -10.6, and a planted leak of half an input batch
-a step (62.5 MiB per 1000 steps) read +62.5. scripts/results/soak.json
-holds the five-minute run.
+side with a trimmed run of the same steps that read -7.4). Trimmed, five
+clean runs read -10.6 to +1.9 (three of them at once, sharing the two
+cores), and a planted leak of half an input batch a step (62.5 MiB per
+1000 steps) read +62.5. scripts/results/soak.json holds the five-minute
+run.
 """
 
 import json
