@@ -1,6 +1,10 @@
 """Facts about the TensorFlow running in this process, for the records that
 training runs (`flags.json`) and benchmarks keep, and how normzoo makes the
-tf.functions that each object makes for itself."""
+tf.functions that each object makes for itself.
+
+Importing this module does not import TensorFlow; each function does when
+called. The benchmarks import it (normzoo.benchmarks.runner) in the JAX
+child processes of P10 too, which never call it."""
 
 
 def onednn_enabled():
