@@ -162,7 +162,12 @@ def rebuild(model, clone_function, variables_of, call_function=None):
         if not is_graph_model(layer):
             values = variables_of(layer, copied)
             for variable, value in zip(copied.variables, values, strict=True):
-                variable.assign(value)
+                # A copy of the value, not the value: on JAX a variable's
+                # value is an immutable array that `assign` keeps as it is,
+                # and Keras' JAX trainer donates (deletes) the arrays of
+                # the model it trains, so a shared array would leave the
+                # other model with deleted buffers.
+                variable.assign(keras.ops.copy(value))
     return copy
 
 

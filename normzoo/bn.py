@@ -26,6 +26,12 @@ if TENSORFLOW:
     import tensorflow as tf
 
 
+def _numpy(variable, dtype=None):
+    """A variable's (or tensor's) value as a NumPy array of its own, on any backend
+    (`Variable.numpy()` fails for a trainable variable on PyTorch)."""
+    return np.array(keras.ops.convert_to_numpy(variable), dtype=dtype)
+
+
 def _batch_norms(model, types=(BatchNorm, keras.layers.BatchNormalization)):
     return [layer for layer in _keras_graph.leaf_layers(model) if isinstance(layer, types)]
 
@@ -67,8 +73,8 @@ def audit(model):
     """
     problems = []
     for layer in _batch_norms(model):
-        mean = np.asarray(layer.moving_mean.numpy())
-        variance = np.asarray(layer.moving_variance.numpy())
+        mean = _numpy(layer.moving_mean)
+        variance = _numpy(layer.moving_variance)
         if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
             problems.append(StatisticsProblem(layer.name, "non-finite"))
         elif (variance < 0).any():
@@ -335,7 +341,7 @@ def recalibrate(model, dataset, num_batches=None, *, batch_size=None):
     if TENSORFLOW:
         batch_moments = tf.function(batch_moments, reduce_retracing=True)
 
-    saved_values = [variable.numpy() for variable in model.variables]
+    saved_values = [_numpy(variable) for variable in model.variables]
     saved_flags = [(layer.trainable, getattr(layer, "frozen_stats", None)) for layer in norms]
     totals = [None] * len(norms)
     examples = batches = 0
@@ -352,7 +358,7 @@ def recalibrate(model, dataset, num_batches=None, *, batch_size=None):
                 for index, calls in batch_moments(inputs).items():
                     for count, mean, variance in calls:
                         totals[index] = _merge(
-                            totals[index], int(count), np.asarray(mean), np.asarray(variance)
+                            totals[index], int(count), _numpy(mean), _numpy(variance)
                         )
                 examples += int(keras.ops.shape(keras.tree.flatten(inputs)[0])[0])
                 batches += 1
@@ -572,11 +578,11 @@ def _foldable_norm(layer):
 
 
 def _fold_weights(conv, norm):
-    kernel = conv.kernel.numpy().astype(np.float64)
-    bias = conv.bias.numpy().astype(np.float64) if conv.use_bias else 0.0
-    mean = norm.moving_mean.numpy().astype(np.float64)
-    variance = norm.moving_variance.numpy().astype(np.float64)
-    gamma = norm.gamma.numpy().astype(np.float64) if norm.gamma is not None else 1.0
-    beta = norm.beta.numpy().astype(np.float64) if norm.beta is not None else 0.0
+    kernel = _numpy(conv.kernel, np.float64)
+    bias = _numpy(conv.bias, np.float64) if conv.use_bias else 0.0
+    mean = _numpy(norm.moving_mean, np.float64)
+    variance = _numpy(norm.moving_variance, np.float64)
+    gamma = _numpy(norm.gamma, np.float64) if norm.gamma is not None else 1.0
+    beta = _numpy(norm.beta, np.float64) if norm.beta is not None else 0.0
     scale = gamma / np.sqrt(variance + norm.epsilon)
     return [(kernel * scale).astype(np.float32), ((bias - mean) * scale + beta).astype(np.float32)]

@@ -15,6 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # (jax.jit, jax.grad, cross-backend files).
 JAX_SUITE = (
     "tests/jax",
+    "tests/test_bn_copies.py",
     "tests/layers/test_layer_norm.py",
     "tests/layers/test_batch_norm_arguments.py",
 )
