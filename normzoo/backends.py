@@ -9,6 +9,8 @@ pipelines and TensorFlow checkpoints run on TensorFlow only, and say so
 through `require_tensorflow`.
 """
 
+import importlib.util
+
 import keras
 
 BACKEND = keras.backend.backend()
@@ -26,4 +28,22 @@ def require_tensorflow(feature):
             f"{feature} needs Keras' TensorFlow backend; this process runs Keras on "
             f"{BACKEND!r}. Run it with KERAS_BACKEND=tensorflow (TensorFlow installed), "
             f"set before Keras is first imported."
+        )
+
+
+def require_installed_tensorflow(feature):
+    """Raises `BackendError` naming `feature` where TensorFlow cannot be
+    imported (it is not installed): the guard of the TensorFlow-only
+    packages (`normzoo.data`, `normzoo.training`), which import TensorFlow
+    when they are imported. With TensorFlow installed they import on any
+    backend, and their functions call `require_tensorflow`."""
+    try:
+        installed = importlib.util.find_spec("tensorflow") is not None
+    except ImportError:
+        installed = False
+    if not installed:
+        raise BackendError(
+            f"{feature} needs TensorFlow, which cannot be imported here (this process runs "
+            f"Keras on {BACKEND!r}). Install TensorFlow (pip install tensorflow) and run with "
+            f"KERAS_BACKEND=tensorflow, set before Keras is first imported."
         )

@@ -23,9 +23,10 @@ weight files restore by name:
 - `{block}_add` adds the skip path (first input) and the residual branch
   (second input) (`add`); `normzoo.models.diagnostics` reads them.
 
-This module imports nothing: the rules are plain strings.
+This module imports nothing of normzoo: the rules are plain strings.
 """
 
+import dataclasses
 import re
 
 # The normalizations of the zoo (see `normzoo.models.blocks`).
@@ -120,27 +121,65 @@ def is_preactivation(layer_names):
     return any(f"{_PREACT}_" in name for name in layer_names)
 
 
-def architecture(layer_names):
-    """A description of a residual network from its layer names, e.g.
-    "stages conv2-conv5 of 3, 4, 6, 3 blocks, bottleneck, pre-activation",
-    or None if the names follow no zoo scheme."""
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """What the layer names of a residual network show of its architecture.
+
+    Attributes:
+        blocks: The number of blocks of each stage, conv2 first.
+        bottleneck: Blocks of three convolutions (1x1, 3x3, 1x1).
+        preactivation: Pre-activation blocks (ResNet v2, Wide-ResNets).
+        deep_stem: ResNet-D's stem of three 3x3 convolutions.
+    """
+
+    blocks: tuple
+    bottleneck: bool = False
+    preactivation: bool = False
+    deep_stem: bool = False
+
+    def __str__(self):
+        kinds = [
+            kind
+            for kind, present in (
+                ("bottleneck", self.bottleneck),
+                ("pre-activation", self.preactivation),
+                ("deep stem", self.deep_stem),
+            )
+            if present
+        ]
+        last = 1 + len(self.blocks)
+        return ", ".join(
+            [f"stages conv2-conv{last} of {', '.join(map(str, self.blocks))} blocks", *kinds]
+        )
+
+
+def architecture_of(layer_names):
+    """The `Architecture` that `layer_names` show, or None if they follow no
+    zoo scheme (or their stages do not start at conv2)."""
     blocks = {}
+    bottleneck = False
     for name in layer_names:
         match = _BLOCK.match(name)
         if match:
             stage, unit = int(match[1]), int(match[2])
             blocks[stage] = max(blocks.get(stage, 0), unit)
-    if not blocks:
+            bottleneck = bottleneck or name == conv(branch(block(stage, unit), 3))
+    if not blocks or sorted(blocks) != list(range(2, 2 + len(blocks))):
         return None
-    stages = sorted(blocks)
-    kinds = []
     names = set(layer_names)
-    if any(name.endswith(conv(branch("", 3))) for name in names):  # a third convolution
-        kinds.append("bottleneck")
-    if is_preactivation(names):
-        kinds.append("pre-activation")
-    kinds.append(f"norm {norm_of(names)!r}")
-    return (
-        f"stages conv{stages[0]}-conv{stages[-1]} of "
-        f"{', '.join(str(blocks[s]) for s in stages)} blocks, {', '.join(kinds)}"
+    return Architecture(
+        blocks=tuple(blocks[stage] for stage in sorted(blocks)),
+        bottleneck=bottleneck,
+        preactivation=is_preactivation(names),
+        deep_stem=conv(deep_stem(1)) in names,
     )
+
+
+def architecture(layer_names):
+    """A description of a residual network from its layer names, e.g.
+    "stages conv2-conv5 of 3, 4, 6, 3 blocks, bottleneck, pre-activation,
+    norm 'batch'", or None if the names follow no zoo scheme."""
+    found = architecture_of(layer_names)
+    if found is None:
+        return None
+    return f"{found}, norm {norm_of(layer_names)!r}"

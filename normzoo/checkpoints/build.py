@@ -212,7 +212,7 @@ def _hints(name, source, defaults, given):
     if "width" in defaults and stem is not None:
         hints["width"] = int(stem.value.shape[-1])
     if "layout" in defaults:
-        layout = source.layout or source.config_layout or _fitting_layout(name, source, norm)
+        layout = checkpoint_layout(name, source)
         if layout is not None:
             hints["layout"] = layout
         elif given.get("layout") is None:
@@ -223,6 +223,19 @@ def _hints(name, source, defaults, given):
                 f"layout='slim', whichever model it was saved from."
             )
     return hints
+
+
+def checkpoint_layout(name, source):
+    """The layout (see `normzoo.models.resnet`) of the ImageNet ResNet
+    `name` that the checkpoint `source` holds: the one it records, else
+    "keras" if its weights fit keras.applications' layout; None when it
+    does not say (a v1 ResNet without convolution biases, saved without a
+    record of its layout: "torchvision" or "slim")."""
+    return (
+        source.layout
+        or source.config_layout
+        or _fitting_layout(name, source, naming.norm_of(list(source.layers)))
+    )
 
 
 def _fitting_layout(name, source, norm):

@@ -13,6 +13,12 @@ dataset, scikit-learn's handwritten digits, with TFDS as "digits"
 (`Digits`), so `tfds.load("digits")` works too.
 """
 
+from normzoo import backends
+
+# Before anything imports TensorFlow: where it is not installed (a JAX
+# environment), the error is normzoo's BackendError, not an ImportError.
+backends.require_installed_tensorflow("normzoo.data (tf.data and TFDS input pipelines)")
+
 from normzoo.data import preprocessing
 from normzoo.data.digits import Digits
 from normzoo.data.pipeline import (

@@ -1,5 +1,6 @@
 """`build(name, ...)`, `names()`, `check_name(name)`, `check_arguments(name,
-...)` and `arguments(name)`: the zoo by name.
+...)`, `arguments(name)`, `architecture(name)` and `names_with(architecture)`:
+the zoo by name.
 
 A model built from a checkpoint is `normzoo.build(name, weights=path)`
 (`normzoo.checkpoints.build`), which builds on these.
@@ -66,9 +67,9 @@ def check_name(name):
     _builder(name)
 
 
-def check_arguments(name, *, norm=None, num_classes=None, input_shape=None):
-    """Raises as `build` does for an invalid `name`, `norm`, `num_classes`
-    or `input_shape` (None: not given), building nothing; returns
+def check_arguments(name, *, norm=None, num_classes=None, input_shape=None, layout=None):
+    """Raises as `build` does for an invalid `name`, `norm`, `num_classes`,
+    `input_shape` or `layout` (None: not given), building nothing; returns
     `input_shape` as a tuple (or None).
 
     `normzoo.build` calls it before it reads a checkpoint, so that an
@@ -82,7 +83,61 @@ def check_arguments(name, *, norm=None, num_classes=None, input_shape=None):
         blocks.check_classifier(num_classes, None)
     if input_shape is not None:
         input_shape = blocks.check_input_shape(input_shape)
+    if layout is not None:
+        if name not in resnet.VARIANTS:
+            raise ValueError(
+                f"{name!r} takes no layout: layouts ({', '.join(resnet.LAYOUTS)}) are those "
+                f"of the ImageNet ResNets ({', '.join(resnet.VARIANTS)}). Leave layout unset."
+            )
+        resnet.check_layout(name, layout)
     return input_shape
+
+
+def architecture(name):
+    """The `normzoo.naming.Architecture` of the model `name` (what its layer
+    names show: blocks per stage, bottleneck, pre-activation, deep stem),
+    from the families' tables, building nothing. Raises as `check_name`."""
+    _builder(name)
+    if name in resnet.VARIANTS:
+        spec = resnet.VARIANTS[name]
+        return naming.Architecture(
+            blocks=spec.depths,
+            bottleneck=spec.bottleneck,
+            preactivation=spec.preactivation,
+            deep_stem=spec.resnet_d,
+        )
+    match = _WIDE_RESNET.fullmatch(name)
+    if match:
+        units = (int(match[1]) - 4) // 6
+        return naming.Architecture(blocks=(units,) * 3, preactivation=True)
+    units = (int(name.removeprefix("resnet")) - 2) // 6
+    return naming.Architecture(blocks=(units,) * 3)
+
+
+def names_with(found, *, stem_channels=None, stage_channels=None):
+    """The model names whose architecture is `found` (a
+    `normzoo.naming.Architecture`, e.g. of a checkpoint's layer names).
+
+    `stem_channels` (the stem's last convolution's output channels) and
+    `stage_channels` (those of the first convolution of the first block)
+    tell Wide-ResNets apart: WRN-n-k's first stage has 16k channels, and
+    wide_resnet50_2's bottlenecks twice as many as resnet50's. Unknown
+    (None), a Wide-ResNet's k is named "<k>" and both ResNet-50s match.
+    """
+    ratio = stage_channels / stem_channels if stem_channels and stage_channels else None
+    matches = [
+        variant
+        for variant, spec in resnet.VARIANTS.items()
+        if architecture(variant) == found and ratio in (None, spec.bottleneck_width)
+    ]
+    units = found.blocks[0]
+    if len(found.blocks) == 3 and found.blocks == (units,) * 3 and not (found.bottleneck or found.deep_stem):
+        if not found.preactivation and 6 * units + 2 in cifar_resnet.DEPTHS:
+            matches.append(f"resnet{6 * units + 2}")
+        if found.preactivation:
+            widen = stage_channels // 16 if stage_channels and stage_channels % 16 == 0 else "<k>"
+            matches.append(f"wrn_{6 * units + 4}_{widen}")
+    return matches
 
 
 def arguments(name):

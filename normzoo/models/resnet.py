@@ -135,6 +135,17 @@ LAYOUTS = {
 _STAGE_STRIDES = (1, 2, 2, 2)
 
 
+def check_layout(variant, layout):
+    """Raises ValueError, naming the valid layouts, unless `layout` is one
+    of `variant`'s (v2 ResNets have no "torchvision" layout)."""
+    spec = VARIANTS[variant]
+    if not isinstance(layout, str) or spec.preactivation not in LAYOUTS.get(layout, {}):
+        valid = [key for key, by_version in LAYOUTS.items() if spec.preactivation in by_version]
+        raise ValueError(
+            f"Unknown layout {layout!r} for {variant}; valid layouts: {', '.join(valid)}."
+        )
+
+
 def resnet(
     variant,
     *,
@@ -179,11 +190,7 @@ def resnet(
     spec = VARIANTS[variant]
     if layout is None:
         layout = spec.default_layout
-    if not isinstance(layout, str) or spec.preactivation not in LAYOUTS.get(layout, {}):
-        valid = [key for key, by_version in LAYOUTS.items() if spec.preactivation in by_version]
-        raise ValueError(
-            f"Unknown layout {layout!r} for {variant}; valid layouts: {', '.join(valid)}."
-        )
+    check_layout(variant, layout)
     style = LAYOUTS[layout][spec.preactivation]
     blocks.check_integer("width", width, 2 if spec.resnet_d else 1, "channels of the stem")
     if spec.resnet_d and width % 2:

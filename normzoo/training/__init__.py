@@ -1,6 +1,12 @@
 """Training: strategies, XLA step forms, the loop behind scripts/train.py and
 scripts/finetune.py, and fine-tuning from pretrained checkpoints."""
 
+from normzoo import backends
+
+# Before anything imports TensorFlow: where it is not installed (a JAX
+# environment), the error is normzoo's BackendError, not an ImportError.
+backends.require_installed_tensorflow("normzoo.training (the tf.distribute training loop)")
+
 from normzoo.training.distribute import STRATEGIES, XLA_FORMS, choose_xla_form, make_strategy
 from normzoo.training.finetune import Initialization, evaluate_batch_dependence
 from normzoo.training.loop import (

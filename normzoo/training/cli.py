@@ -14,6 +14,7 @@ import sys
 from absl import app, flags, logging
 
 from normzoo import data
+from normzoo.models import resnet
 from normzoo.training import distribute, finetune, loop
 
 FLAGS = flags.FLAGS
@@ -76,6 +77,12 @@ def define_flags(defaults=None, *, finetune_flags=False):
         "checkpoint_steps", d.checkpoint_steps, "Also checkpoint every N steps (0: per epoch only)."
     )
     flags.DEFINE_integer("seed", d.seed, "Random seed (initialization and data order).")
+    flags.DEFINE_enum(
+        "layout", d.layout, list(resnet.LAYOUTS),
+        "Layout of an ImageNet ResNet (resnet50, ...): where its strides and biases are "
+        "(keras: keras.applications; torchvision: torchvision and timm; slim: TF-slim). "
+        "Unset: --init_checkpoint's, else the model's default.",
+    )
     if not finetune_flags:
         return
     flags.DEFINE_string(
@@ -109,8 +116,9 @@ def config_from_flags():
 
 def main(argv):
     """An absl `main`: trains as the flags say; exit status 3 if the loss
-    diverged, 2 if the dataset is not prepared in --data_dir, a usage error
-    for an invalid configuration."""
+    diverged, 2 if the dataset is not prepared in --data_dir, and
+    `app.UsageError` (naming the flag, the value and the fix) for an
+    invalid configuration, before anything is written."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:
@@ -118,7 +126,7 @@ def main(argv):
     try:
         loop.train(config_from_flags())
     except loop.ConfigError as error:
-        raise app.UsageError(str(error))
+        raise app.UsageError(str(error)) from None
     except loop.TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 3

@@ -16,7 +16,8 @@ import dataclasses
 import tensorflow as tf
 from absl import logging
 
-from normzoo import bn, checkpoints, data, naming
+from normzoo import bn, checkpoints, data, models, naming
+from normzoo.checkpoints.build import checkpoint_layout
 from normzoo.checkpoints.source import stem_kernel
 from normzoo.models import resnet
 from normzoo.training.steps import EvalStep, evaluate
@@ -85,26 +86,57 @@ class Initialization:
         }
 
 
-def read_init_checkpoint(path, norm):
+def read_init_checkpoint(path, norm, model=None):
     """Reads the checkpoint at `path` and checks that it holds a model with
-    normalization `norm`; returns its `normzoo.checkpoints.source.Source`.
+    normalization `norm` (and, given its name, the architecture of the zoo
+    model `model`); returns its `normzoo.checkpoints.source.Source`.
 
     Raises:
         InitCheckpointError: the checkpoint is missing or unreadable (the
-            message names the path), or it holds another normalization (the
-            message names the --norm to pass).
+            message names the path), or it holds another normalization or
+            architecture (the message names the checkpoint's, and the
+            --norm, --model and --layout to pass).
     """
     try:
         source = checkpoints.read(path)
     except checkpoints.RestoreError as error:
         raise InitCheckpointError(f"init_checkpoint={path!r} cannot be read. {error}") from None
-    found = naming.norm_of(list(source.layers))
+    layer_names = list(source.layers)
+    found = naming.norm_of(layer_names)
     if found is not None and found != norm:
         raise InitCheckpointError(
             f"init_checkpoint={path!r} holds a model with norm={found!r}, and this run "
             f"builds norm={norm!r}: pass --norm={found}."
         )
+    architecture = naming.architecture_of(layer_names)
+    if model is not None and architecture is not None and architecture != models.architecture(model):
+        raise InitCheckpointError(_architecture_mismatch(path, source, architecture, model))
     return source
+
+
+def _architecture_mismatch(path, source, architecture, model):
+    """The message for an init checkpoint of another architecture than
+    `model`'s: the checkpoint's architecture, the zoo names that have it and
+    the flags that build it."""
+    stem = stem_kernel(source, last=True)[1]
+    stage = source.weight(naming.conv(naming.branch(naming.block(2, 1), 1)), "kernel")
+    matches = models.names_with(
+        architecture,
+        stem_channels=None if stem is None else int(stem.value.shape[-1]),
+        stage_channels=None if stage is None else int(stage.value.shape[-1]),
+    )
+    holds = f"a {' or '.join(matches)} ({architecture})" if matches else f"a network of {architecture}"
+    message = (
+        f"init_checkpoint={path!r} holds {holds}, and --model={model} has "
+        f"{models.architecture(model)}. "
+    )
+    if not matches:
+        return message + "No model of the zoo has that architecture (see normzoo.models.names())."
+    fixes = []
+    for name in matches:
+        layout = checkpoint_layout(name, source) if name in resnet.VARIANTS else None
+        fixes.append(f"--model={name}" + (f" --layout={layout}" if layout else ""))
+    return message + f"Pass {' or '.join(fixes)}."
 
 
 def checkpoint_inputs(source, model_name):

@@ -17,7 +17,9 @@ in `model_dir`:
                             process's whole run); for a run started from
                             `init_checkpoint`, the restored model's test
                             figures before any step (`initial_test_accuracy`,
-                            `initial_test_loss`)
+                            `initial_test_loss`); for a run whose loss
+                            diverged, `stopped` (reason, step, message)
+                            beside the history so far
     restore_report.json     for a run started from `init_checkpoint`: what
                             was restored, skipped (a new classifier) and
                             ignored, and the BatchNorm audit after it
@@ -194,23 +196,38 @@ class TrainConfig:
         for field, valid in choices.items():
             if getattr(self, field) not in valid:
                 raise ConfigError(
-                    f"Invalid {field}={getattr(self, field)!r}; choose one of "
+                    f"Invalid {field}={getattr(self, field)!r} (--{field}); choose one of "
                     f"{', '.join(str(v) for v in valid)}."
                 )
         try:
             models.check_name(self.model)
         except ValueError as error:
-            raise ConfigError(str(error)) from None
-        positive = ("batch_size", "epochs", "learning_rate")
-        for field in positive:
-            if not 0 < getattr(self, field) < math.inf:
-                raise ConfigError(f"{field} must be positive and finite; got {getattr(self, field)!r}.")
+            raise ConfigError(f"model={self.model!r} (--model): {error}") from None
+        for field in ("batch_size", "epochs", "learning_rate"):
+            value = getattr(self, field)
+            if not 0 < value < math.inf:
+                raise ConfigError(
+                    f"{field}={value!r} (--{field}) must be positive and finite; pass e.g. "
+                    f"--{field}={getattr(_DEFAULTS, field)} (the default)."
+                )
         for field in ("steps_per_epoch", "image_size", "num_classes"):
             value = getattr(self, field)
             if value is not None and value <= 0:
-                raise ConfigError(f"{field} must be positive or unset; got {value!r}.")
-        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.checkpoint_steps < 0:
-            raise ConfigError("weight_decay, warmup_epochs and checkpoint_steps must be >= 0.")
+                raise ConfigError(
+                    f"{field}={value!r} (--{field}) must be positive, or unset (0 on the "
+                    f"command line) for the default."
+                )
+        for field in ("weight_decay", "warmup_epochs", "checkpoint_steps"):
+            value = getattr(self, field)
+            if not 0 <= value < math.inf:
+                raise ConfigError(
+                    f"{field}={value!r} (--{field}) must be >= 0 and finite; 0 turns it off."
+                )
+        if self.layout is not None:
+            try:
+                models.check_arguments(self.model, layout=self.layout)
+            except ValueError as error:
+                raise ConfigError(f"layout={self.layout!r} (--layout): {error}") from None
         if self.sync_bn and self.norm != "batch":
             raise ConfigError(f"sync_bn applies to norm='batch' only; got norm={self.norm!r}.")
         if self.skipinit_alpha is not None and self.norm != "skipinit":
@@ -497,10 +514,16 @@ def _run(config, strategy, model, plan):
             strategy, config,
             steps_per_epoch=plan.steps_per_epoch, epochs=config.epochs, start_step=run.step,
         ))
-        for epoch in range(run.step // plan.steps_per_epoch, config.epochs):
-            started = run.stopwatch.mark()
-            sums = _train_epoch(run, batches, epoch)
-            _evaluate_and_record(run, epoch, sums, started)
+        try:
+            for epoch in range(run.step // plan.steps_per_epoch, config.epochs):
+                started = run.stopwatch.mark()
+                sums = _train_epoch(run, batches, epoch)
+                _evaluate_and_record(run, epoch, sums, started)
+        except TrainingDiverged as error:
+            # Also before the first checkpoint: the history so far (and a
+            # fine-tuning run's baseline) and why the run stopped.
+            _write_metrics(run, stopped={"reason": "diverged", "step": run.step, "message": str(error)})
+            raise
     return _export(run)
 
 
@@ -529,6 +552,7 @@ def _plan(config, strategy):
     """`(config, plan)`: `config` with its inputs resolved (`_with_inputs`)
     and what the run will do, checked before anything is built."""
     started = time.perf_counter()
+    _check_model_dir(config.model_dir)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ConfigError(
@@ -541,15 +565,21 @@ def _plan(config, strategy):
     init_source = None
     if config.init_checkpoint and not latest:
         try:
-            init_source = finetune.read_init_checkpoint(config.init_checkpoint, config.norm)
+            init_source = finetune.read_init_checkpoint(
+                config.init_checkpoint, config.norm, config.model
+            )
         except finetune.InitCheckpointError as error:
             raise ConfigError(str(error)) from None
     config = _with_inputs(config, init_source, bool(latest))
     if latest:
         _check_same_model(config)
-    info = data.info(
-        config.dataset, data_dir=config.data_dir, image_size=config.image_size, channels=config.channels
-    )
+    try:
+        info = data.info(
+            config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+            channels=config.channels,
+        )
+    except ValueError as error:  # an unknown dataset, or not one of images and labels
+        raise ConfigError(str(error)) from None
     try:
         train_examples = data.num_examples(config.dataset, config.train_split, data_dir=config.data_dir)
     except ValueError as error:
@@ -577,6 +607,23 @@ def _plan(config, strategy):
         resume_from=latest,
         init_source=init_source,
         started=started,
+    )
+
+
+def _check_model_dir(model_dir):
+    """Raises ConfigError unless `model_dir` is a directory or can be made
+    one (no file in its place or above it); checks only, writes nothing."""
+    path = os.path.abspath(model_dir)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if os.path.isdir(existing):
+        return
+    where = "is a file" if existing == path else f"lies under {existing!r}, which is a file"
+    raise ConfigError(
+        f"model_dir={model_dir!r} (--model_dir) {where}, and the run needs a directory there "
+        f"(made if missing) for its checkpoints, logs and metrics; the file is left as it is. "
+        f"Choose another --model_dir."
     )
 
 
@@ -811,7 +858,9 @@ def _evaluate_and_record(run, epoch, sums, started):
     )
 
 
-def _write_metrics(run):
+def _write_metrics(run, **extra):
+    """metrics.json of a run in progress; `extra`: more entries, e.g. why
+    it stopped."""
     _write_json(
         run.metrics_path,
         {
@@ -819,6 +868,7 @@ def _write_metrics(run):
             "total_steps": run.config.epochs * run.plan.steps_per_epoch,
             **run.baseline,
             "history": run.history,
+            **extra,
         },
     )
 

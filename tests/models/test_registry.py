@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from normzoo import layers, models
+from normzoo import layers, models, naming
+from normzoo.models import resnet
 
 _ISSUE_NAMES = [
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
@@ -231,3 +232,32 @@ def test_the_model_name_override_of_the_builders_is_not_offered():
     assert str(error.value).endswith(
         "valid overrides: width, skipinit_alpha, synchronized_bn, classifier_activation."
     )
+
+
+# Every ImageNet variant (small: width 8 builds in a fraction of a second),
+# the CIFAR ResNets and two Wide-ResNets.
+_ARCHITECTURE_CASES = [
+    *[(name, {"width": 8, "input_shape": (32, 32, 3)}) for name in resnet.VARIANTS],
+    ("resnet20", {}), ("resnet110", {}), ("wrn_16_4", {}), ("wrn_10_2", {}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "overrides"), _ARCHITECTURE_CASES, ids=[c[0] for c in _ARCHITECTURE_CASES])
+def test_architecture_and_names_with_agree_with_the_layer_names_of_the_built_model(name, overrides):
+    """`architecture(name)` (from the tables) is what the built model's layer
+    names show, and `names_with` finds the name again from them and the
+    channels of its stem and first block."""
+    model = models.build(name, num_classes=0, **overrides)
+    layer_names = [layer.name for layer in model.layers if layer.weights]
+    found = naming.architecture_of(layer_names)
+    assert models.architecture(name) == found
+    stems = [n for n in layer_names if n.startswith(naming.STEM) and n.endswith("_conv")]
+    stem_channels = model.get_layer(stems[-1]).kernel.shape[-1]
+    stage_channels = model.get_layer("conv2_block1_1_conv").kernel.shape[-1]
+    assert models.names_with(found, stem_channels=stem_channels, stage_channels=stage_channels) == [name]
+    assert name in models.names_with(found) or name.startswith("wrn_")
+
+
+def test_names_with_an_unknown_wide_resnet_width_names_its_depth():
+    assert models.names_with(models.architecture("wrn_16_4")) == ["wrn_16_<k>"]
+    assert models.names_with(models.architecture("resnet50")) == ["resnet50", "wide_resnet50_2"]

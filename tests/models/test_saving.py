@@ -1,9 +1,13 @@
 """A `.keras` file of any model of the zoo loads, without custom_objects, into
 a model that computes the same outputs."""
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
+
+from normzoo import bn, models
 
 # Each family's blocks with BatchNorm (v1 bottlenecks have the layer types of
 # v1 basic blocks), and the layers of the other norms ("none" adds none) on
@@ -41,3 +45,34 @@ def test_keras_file_round_trip_reproduces_outputs(family, norm, build_tiny, rand
     np.testing.assert_array_equal(
         loaded(images, training=False).numpy(), model(images, training=False).numpy()
     )
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_quotes_what_keras_says_when_normzoo_was_not_imported(tmp_path, run_python):
+    """A `.keras` file of a zoo model, and of a model converted by
+    `bn.convert`, loaded in a process that has not imported normzoo: Keras'
+    messages are those the README quotes."""
+    keras.utils.set_random_seed(0)
+    models.build("resnet20", num_classes=10, input_shape=(8, 8, 1)).save(tmp_path / "zoo.keras")
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+    bn.convert(keras.Model(inputs, x)).save(tmp_path / "converted.keras")
+    script = (
+        "import sys, keras\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        keras.saving.load_model(path)\n"
+        "    except TypeError as error:\n"
+        "        print(str(error).strip().splitlines()[-1].split('. Make sure')[0])\n"
+    )
+    out = run_python("-c", script, tmp_path / "zoo.keras", tmp_path / "converted.keras", backend="tensorflow")
+    said = out.splitlines()
+    assert said == [
+        "Exception encountered: Could not locate class 'BatchNorm'",
+        "Exception encountered: Could not locate class 'BatchNormalization'",
+    ], out
+    readme = " ".join(README.read_text().split())
+    for message in said:
+        assert f'"{message.removeprefix("Exception encountered: ")}"' in readme

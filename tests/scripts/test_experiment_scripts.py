@@ -87,7 +87,7 @@ def test_depth_sweep_says_when_a_cell_diverges_at_every_rate(tmp_path):
 
 def test_depth_sweep_rejects_an_unknown_norm(tmp_path):
     result = _run("depth_sweep.py", "--norms=batch,bogus", f"--output={tmp_path / 'x'}", check=False)
-    assert result.returncode != 0
+    assert result.returncode == 2  # a usage error
     assert "--norms must be a non-empty list of batch, skipinit0, skipinit_rsqrt, skipinit1, none" in result.stderr
     assert not (tmp_path / "x.json").exists()
 
@@ -138,4 +138,4 @@ def test_batch_size_sensitivity_rejects_a_batch_larger_than_the_examples(tmp_pat
         "batch_size_sensitivity.py", "--batch_sizes=32", "--examples=16",
         f"--output={tmp_path / 'x'}", check=False,
     )
-    assert result.returncode != 0 and "exceed --examples=16" in result.stderr
+    assert result.returncode == 2 and "exceed --examples=16" in result.stderr

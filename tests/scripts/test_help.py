@@ -112,7 +112,7 @@ def test_help_shows_the_docstring_as_written_with_its_example(outputs, script):
 @pytest.mark.parametrize("script", QUICK)
 def test_an_unknown_flag_points_to_help(outputs, script):
     result = outputs[script, "--no_such_flag"]
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error
     assert "Unknown command line flag 'no_such_flag'" in result.stderr
     assert f"Pass --help to see the flags of scripts/{script}" in result.stderr
     assert "Traceback" not in result.stderr, result.stderr[-3000:]

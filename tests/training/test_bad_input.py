@@ -2,6 +2,7 @@
 non-finite never reaches a checkpoint, and a batch of one example trains."""
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -76,8 +77,33 @@ def test_weights_made_non_finite_by_a_step_with_finite_loss_never_reach_a_checkp
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
+def test_a_fine_tune_that_diverges_before_its_first_checkpoint_still_writes_its_metrics(
+    tmp_path, monkeypatch, tiny_config
+):
+    """metrics.json then holds the baseline (the restored model's test
+    accuracy), the history so far and why the run stopped; no checkpoint
+    is written."""
+    pretrained = train(tiny_config(tmp_path / "pretrained", epochs=1))
+    init_checkpoint = tmp_path / "pretrained" / "model.weights.h5"
+    # The update of step 2 poisons the classifier; step 3's loss is NaN.
+    monkeypatch.setattr(_PoisonAfter, "poison_step", 2)
+    monkeypatch.setattr(loop, "TrainStep", _PoisonAfter)
+    model_dir = tmp_path / "finetune"
+    with pytest.raises(TrainingDiverged, match="at step 3") as caught:
+        train(tiny_config(model_dir, init_checkpoint, epochs=1, bn="frozen_stats"))
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["stopped"] == {"reason": "diverged", "step": 3, "message": str(caught.value)}
+    assert metrics["history"] == [] and metrics["steps"] == 3
+    # The baseline: the pretrained model's own final test accuracy (the same
+    # weights, evaluated the same way), measured before the first step.
+    assert metrics["initial_test_accuracy"] == pytest.approx(pretrained.metrics["test_accuracy"])
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")) is None
+
+
 def test_an_infinite_learning_rate_is_refused_before_anything_is_built(tmp_path, tiny_config):
-    with pytest.raises(loop.ConfigError, match="learning_rate must be positive and finite"):
+    with pytest.raises(
+        loop.ConfigError, match=r"learning_rate=inf \(--learning_rate\) must be positive and finite"
+    ):
         train(tiny_config(tmp_path / "run", **{**EVERY_STEP, "learning_rate": float("inf")}))
     assert not (tmp_path / "run").exists()
 
