@@ -171,7 +171,8 @@ def load(
 
     - Elements are `(images, labels)`: float32 images of shape
       `(per_replica_batch_size, *info(...).image_shape)`, normalized by
-      `preprocess_mode`, and int32 labels of shape `(per_replica_batch_size,)`.
+      `preprocess_mode`, and int32 labels of shape `(per_replica_batch_size,)`
+      (and float32 weights of that shape with `repeat=True`, see below).
     - Batches are per replica: `per_replica_batch_size` is
       `global_batch_size` divided by `input_context.num_replicas_in_sync`.
     - With an `input_context` of several input pipelines, each pipeline reads
@@ -206,14 +207,21 @@ def load(
       only (a class's examples in split order, its last batch possibly
       partial): batches of near-identical images, on which a model whose
       predictions depend on the batch fails.
-    - Evaluation repeated (`repeat=True`): the evaluation stream above in
-      passes, forever, each pass padded at its end with empty batches so
-      that it is exactly `evaluation_steps(...)` steps of the strategy
-      (every pipeline's pass the same number of batches, a multiple of the
-      replicas it feeds). One iterator serves every evaluation of a run
-      (taking `evaluation_steps` steps each time, which see every example
-      once): no pipeline is built, and no iterator released, between
-      evaluations.
+    - Evaluation repeated (`repeat=True`), the stream to evaluate on under a
+      distribution strategy: elements are `(images, labels, weights)`, the
+      evaluation stream above with float32 weights 1, in passes, forever,
+      each pass padded at its end with blank examples (zero images, label
+      0) of weight 0 so that it is exactly `evaluation_steps(...)` steps of
+      the strategy in full batches (every pipeline's pass the same number
+      of batches, a multiple of the replicas it feeds). No replica is ever
+      handed an empty batch (TF 2.21's oneDNN convolution crashes on one);
+      weigh each example's loss and accuracy by its weight. One iterator
+      serves every evaluation of a run (taking `evaluation_steps` steps
+      each time, which see every example once): no pipeline is built, and
+      no iterator released, between evaluations.
+    - A single evaluation pass (`training=False`, `repeat=False`) feeds one
+      replica: over several, its end would hand some replica an empty
+      batch (a ValueError says to use `repeat=True`).
     - Batches are prefetched (`tf.data.AUTOTUNE`).
 
     Args:
@@ -245,13 +253,13 @@ def load(
         epochs: Epochs of the training stream (with `steps_per_epoch`).
         start_step: Global batches of the training stream to drop at its
             start (see above).
-        repeat: Repeat the evaluation stream in padded passes (see above);
-            only with `training=False`.
+        repeat: Repeat the evaluation stream in padded, weighted passes
+            (see above); only with `training=False`.
 
     Raises:
         ValueError: for an unknown dataset or split, a batch size that the
-            replicas cannot share, or a training split smaller than one
-            global batch.
+            replicas cannot share, a training split smaller than one
+            global batch, or a single evaluation pass for several replicas.
         DatasetNotPreparedError: see `prepared_builder`.
     """
     backends.require_tensorflow("normzoo.data.load (tf.data and TFDS input pipelines)")
@@ -281,8 +289,15 @@ def load(
             "single_class_batches=True is for evaluation (training=False): training "
             "batches are shuffled across classes."
         )
-    builder = prepared_builder(name, data_dir=data_dir)
     input_context = input_context or tf.distribute.InputContext()
+    if not training and not repeat and input_context.num_replicas_in_sync > 1:
+        raise ValueError(
+            f"A single evaluation pass (training=False, repeat=False) feeds one replica; over "
+            f"{input_context.num_replicas_in_sync} replicas its end would hand some replica an "
+            f"empty batch. Use repeat=True (full batches, padded with examples of weight 0) "
+            f"and take evaluation_steps(...) steps per evaluation."
+        )
+    builder = prepared_builder(name, data_dir=data_dir)
     per_replica_batch_size = _per_replica_batch_size(global_batch_size, input_context)
     num_examples = _num_examples(builder, split)
     if training and num_examples < global_batch_size:
@@ -294,11 +309,7 @@ def load(
     recipe = _recipe(builder, image_size, channels, preprocess_mode, invert)
     image_feature = builder.info.features["image"]
 
-    pipeline_split = split
-    if input_context.num_input_pipelines > 1:
-        pipeline_split = tfds.even_splits(split, n=input_context.num_input_pipelines)[
-            input_context.input_pipeline_id
-        ]
+    pipeline_split = _pipeline_split(split, input_context)
 
     def encoded(seed, **read):
         # Images stay encoded until after shuffling, so the shuffle buffer
@@ -360,6 +371,8 @@ def load(
             return preprocessing.preprocess(image, recipe, training=False), label
 
         dataset = encoded(seed).map(eval_example, num_parallel_calls=tf.data.AUTOTUNE)
+    if repeat:
+        return _padded_passes(dataset, builder, split, recipe, per_replica_batch_size, input_context)
     if single_class_batches:
         # A batch is emitted when a class has filled one; the partial batch
         # of each class comes out at the end of the split.
@@ -370,13 +383,26 @@ def load(
         )
     else:
         dataset = dataset.batch(per_replica_batch_size, drop_remainder=training)
-    if repeat:
-        _, padding = _evaluation_pass(builder, split, per_replica_batch_size, input_context)
-        empty = tf.data.Dataset.from_tensors(
-            tuple(tf.zeros([0, *spec.shape[1:]], spec.dtype) for spec in dataset.element_spec)
-        )
-        dataset = dataset.concatenate(empty.repeat(padding)).repeat()
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _padded_passes(examples, builder, split, recipe, per_replica_batch_size, input_context):
+    """The repeated evaluation stream of `load`: `(images, labels, weights)`
+    batches of `examples` (this pipeline's share of `split`, in order), each
+    pass padded with blank examples of weight 0 to `evaluation_steps` steps
+    of full batches for every replica the pipeline feeds.
+
+    Never an empty batch: TF 2.21's oneDNN convolution returns a wrong shape
+    on one (tests/test_upstream.py), so a replica handed one crashed."""
+    steps = _pass_steps(builder, split, per_replica_batch_size, input_context)
+    replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+    pass_examples = steps * replicas * per_replica_batch_size
+    share = _num_examples(builder, _pipeline_split(split, input_context))
+    weighted = examples.map(lambda image, label: (image, label, tf.constant(1.0)))
+    blank = (tf.zeros(recipe.output_shape, tf.float32), tf.constant(0, tf.int32), tf.constant(0.0))
+    padding = tf.data.Dataset.from_tensors(blank).repeat(pass_examples - share)
+    dataset = weighted.concatenate(padding).batch(per_replica_batch_size, drop_remainder=True)
+    return dataset.repeat().prefetch(tf.data.AUTOTUNE)
 
 
 def evaluation_steps(name, split, *, global_batch_size, input_context=None, data_dir=None):
@@ -387,20 +413,26 @@ def evaluation_steps(name, split, *, global_batch_size, input_context=None, data
     builder = prepared_builder(name, data_dir=data_dir)
     input_context = input_context or tf.distribute.InputContext()
     per_replica_batch_size = _per_replica_batch_size(global_batch_size, input_context)
-    steps, _ = _evaluation_pass(builder, split, per_replica_batch_size, input_context)
-    return steps
+    return _pass_steps(builder, split, per_replica_batch_size, input_context)
 
 
-def _evaluation_pass(builder, split, per_replica_batch_size, input_context):
-    """`(steps, padding)`: the steps of a pass of the repeated evaluation
-    stream, and the empty batches that complete this pipeline's share to
-    it."""
+def _pipeline_split(split, input_context):
+    """The share of `split` that the input pipeline of `input_context` reads:
+    its own contiguous part when there are several pipelines."""
+    pipelines = input_context.num_input_pipelines
+    if pipelines == 1:
+        return split
+    return tfds.even_splits(split, n=pipelines)[input_context.input_pipeline_id]
+
+
+def _pass_steps(builder, split, per_replica_batch_size, input_context):
+    """The steps of a pass of the repeated evaluation stream (see
+    `evaluation_steps`)."""
     pipelines = input_context.num_input_pipelines
     shares = [split] if pipelines == 1 else tfds.even_splits(split, n=pipelines)
     batches = [-(-_num_examples(builder, share) // per_replica_batch_size) for share in shares]
     replicas = input_context.num_replicas_in_sync // pipelines  # those one pipeline feeds
-    steps = max(1, -(-max(batches) // replicas))
-    return steps, steps * replicas - batches[input_context.input_pipeline_id]
+    return max(1, -(-max(batches) // replicas))
 
 
 def num_examples(name, split, *, data_dir=None):

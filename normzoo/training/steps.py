@@ -140,15 +140,19 @@ class TrainStep:
 
 
 class EvalStep:
-    """Inference on a distributed batch; returns the global
-    `(loss_sum, correct, count)`.
+    """Inference on a distributed batch `(images, labels)` or `(images,
+    labels, weights)`; returns the global `(loss_sum, correct, count)`,
+    each example counted with its weight (1 when none is given): the
+    padding of `normzoo.data.load(..., repeat=True)`, of weight 0, counts
+    for nothing.
 
     With `batch_statistics=True` the model is called with `training=True`:
     each BatchNorm normalizes the batch with the batch's own statistics (as
     a TF1 graph built with `is_training=True` does at test time), except
     layers with frozen statistics or not trainable, which keep their moving
     statistics. The moving statistics the call updates are set back, so no
-    variable changes. A diagnostic of how predictions depend on the batch.
+    variable changes. A diagnostic of how predictions depend on the batch,
+    for unpadded batches: padding would enter the batch statistics.
     """
 
     def __init__(self, model, strategy, batch_statistics=False):
@@ -167,33 +171,37 @@ class EvalStep:
                     variable.assign(value)
             return logits
 
-        def replica_step(images, labels):
+        def replica_step(images, labels, weights=None):
             logits = tf.cast(forward(images), tf.float32)
             predictions = tf.argmax(logits, -1, output_type=labels.dtype)
+            if weights is None:
+                weights = tf.ones(tf.shape(labels), tf.float32)
             return (
-                tf.reduce_sum(self._loss(labels, logits)),
-                tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32)),
-                tf.cast(tf.shape(labels)[0], tf.float32),
+                tf.reduce_sum(self._loss(labels, logits) * weights),
+                tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32) * weights),
+                tf.reduce_sum(weights),
             )
 
-        def step(images, labels):
-            return _sum_over_replicas(strategy, strategy.run(replica_step, args=(images, labels)))
+        def step(*batch):
+            return _sum_over_replicas(strategy, strategy.run(replica_step, args=batch))
 
         # One trace serves batches of every size (a split's last batch, or
         # single-class batches).
         self._function = runtime.own_function(step, reduce_retracing=True)
 
-    def __call__(self, images, labels):
-        return self._function(images, labels)
+    def __call__(self, images, labels, weights=None):
+        batch = (images, labels) if weights is None else (images, labels, weights)
+        return self._function(*batch)
 
 
 def evaluate(eval_step, dataset, steps=None):
     """Mean loss and top-1 accuracy of `eval_step` over a (distributed)
     dataset, or over the next `steps` batches of an iterator (such as one
     of `normzoo.data.load(..., repeat=True)`, a pass of which is
-    `normzoo.data.evaluation_steps` steps)."""
+    `normzoo.data.evaluation_steps` steps), each example weighted by its
+    weight where batches have one."""
     batches = dataset if steps is None else itertools.islice(dataset, steps)
     sums = np.zeros(3)
-    for images, labels in batches:
-        sums += np.array([float(v) for v in eval_step(images, labels)])
+    for batch in batches:  # (images, labels) or (images, labels, weights)
+        sums += np.array([float(v) for v in eval_step(*batch)])
     return {"loss": sums[0] / max(sums[2], 1), "accuracy": sums[1] / max(sums[2], 1)}

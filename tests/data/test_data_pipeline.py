@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 
 import normzoo.data
@@ -85,17 +86,18 @@ def test_eval_yields_every_test_example_once_with_the_documented_shapes(data_dir
     # One pipeline feeding 2 replicas of 16: 23 batches, padded to 24 (12
     # steps, every replica one batch each). 3 pipelines of 120 examples, 2
     # replicas each of 16: 8 batches per pipeline (4 steps). 7 pipelines of
-    # 52 or 51 examples, one replica of 17 each: 4 batches, or 3 and an
-    # empty one.
+    # 52 or 51 examples, one replica of 17 each: 4 batches (68 examples,
+    # the last 16 or 17 of them padding).
     [(1, 1, 64, 6), (1, 2, 32, 12), (3, 6, 96, 4), (7, 7, 119, 4)],
 )
 def test_repeated_eval_passes_cover_the_split_once_each_padded_to_evaluation_steps(
     data_dir, sklearn_splits, pipelines, replicas, global_batch_size, expected_steps
 ):
     """Each pass of the repeated evaluation stream (`evaluation_steps`
-    steps of every replica, over every pipeline) holds sklearn's test
-    examples once, in the order of the unrepeated stream, padded with
-    empty batches; the next pass is the same."""
+    steps of every replica, over every pipeline) is full batches: the
+    pipeline's share of sklearn's test examples once, weight 1, in the
+    order of its unrepeated stream, then blank examples (zero image, label
+    0) of weight 0; never an empty batch. The next pass is the same."""
     contexts = [
         tf.distribute.InputContext(pipelines, pipeline, replicas) for pipeline in range(pipelines)
     ]
@@ -105,31 +107,49 @@ def test_repeated_eval_passes_cover_the_split_once_each_padded_to_evaluation_ste
     )
     assert steps == expected_steps
     replicas_per_pipeline = replicas // pipelines
-    passes = []
+    per_replica = global_batch_size // replicas
+    shares = tfds.even_splits("test", n=pipelines) if pipelines > 1 else ["test"]
+    seen = []
     for context in contexts:
         repeated = normzoo.data.load(
             "digits", "test", data_dir=data_dir, global_batch_size=global_batch_size,
             training=False, input_context=context, repeat=True,
         )
+        # The pipeline's share, unrepeated, on one replica.
         once = _batches(normzoo.data.load(
-            "digits", "test", data_dir=data_dir, global_batch_size=global_batch_size,
-            training=False, input_context=context,
+            "digits", shares[context.input_pipeline_id], data_dir=data_dir,
+            global_batch_size=per_replica, training=False,
         ))
-        batches = _batches(repeated, 2 * steps * replicas_per_pipeline)
-        first, second = batches[: len(batches) // 2], batches[len(batches) // 2 :]
-        for pass_batches in (first, second):
-            padding = pass_batches[len(once) :]
-            assert all(len(labels) == 0 and images.shape == (0, 8, 8, 1) for images, labels in padding)
-            for (images, labels), (expected_images, expected_labels) in zip(
-                pass_batches, once, strict=False
-            ):
-                np.testing.assert_array_equal(images, expected_images)
-                np.testing.assert_array_equal(labels, expected_labels)
-        passes.append(first)
+        expected_images = np.concatenate([images for images, _ in once])
+        expected_labels = np.concatenate([labels for _, labels in once])
+        count = len(expected_labels)
+        batches = [
+            tuple(part.numpy() for part in batch)
+            for batch in itertools.islice(repeated, 2 * steps * replicas_per_pipeline)
+        ]
+        assert all(images.shape == (per_replica, 8, 8, 1) for images, _, _ in batches)
+        half = len(batches) // 2
+        for pass_batches in (batches[:half], batches[half:]):
+            images, labels, weights = (np.concatenate(parts) for parts in zip(*pass_batches))
+            assert weights.dtype == np.float32
+            np.testing.assert_array_equal(weights, np.arange(len(weights)) < count)
+            np.testing.assert_array_equal(images[:count], expected_images)
+            np.testing.assert_array_equal(labels[:count], expected_labels)
+            assert not images[count:].any() and not labels[count:].any()
+        seen.append((expected_images, expected_labels))
     pixels, labels = sklearn_splits["test"]
-    assert _examples([batch for batches in passes for batch in batches]) == _examples(
-        [(pixels / 127.5 - 1.0, labels)]
-    )
+    assert _examples(seen) == _examples([(pixels / 127.5 - 1.0, labels)])
+
+
+def test_a_single_evaluation_pass_is_refused_for_several_replicas(data_dir):
+    """Its end would hand a replica an empty batch (on which TF's oneDNN
+    convolution fails); the repeated, padded stream is the one to use."""
+    for context in (_TWO_REPLICAS, tf.distribute.InputContext(2, 0, 2)):
+        with pytest.raises(ValueError, match="feeds one replica.*Use repeat=True"):
+            normzoo.data.load(
+                "digits", "test", data_dir=data_dir, global_batch_size=8, training=False,
+                input_context=context,
+            )
 
 
 def test_repeat_is_refused_for_training_and_single_class_batches(data_dir):
@@ -269,12 +289,19 @@ def test_input_pipelines_read_disjoint_shares_that_cover_the_split(data_dir):
         context = tf.distribute.InputContext(
             num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=4
         )
+        # One pass of the stream for several replicas (a single pass is for one).
         dataset = normzoo.data.load(
             "digits", "test", data_dir=data_dir, global_batch_size=40, training=False,
-            input_context=context,
+            input_context=context, repeat=True,
         )
-        batches = _batches(dataset)
-        assert all(len(labels) == 10 for _, labels in batches)
+        steps = normzoo.data.evaluation_steps(
+            "digits", "test", data_dir=data_dir, global_batch_size=40, input_context=context
+        )
+        batches = [
+            (images.numpy()[weights.numpy() > 0], labels.numpy()[weights.numpy() > 0])
+            for images, labels, weights in itertools.islice(dataset, 2 * steps)
+        ]
+        assert steps == 9 and all(len(labels) == 10 for _, labels in batches)
         shares.append(_examples(batches))
     assert sum(shares[0].values()) == sum(shares[1].values()) == 180
     assert shares[0] + shares[1] == _examples(_batches(whole))
