@@ -1,10 +1,13 @@
 """Facts about the TensorFlow running in this process, for the records that
-training runs (`flags.json`) and benchmarks keep, and how normzoo makes the
-tf.functions that each object makes for itself.
+training runs (`flags.json`) and benchmarks keep, how normzoo makes the
+tf.functions that each object makes for itself, and deterministic ops for
+the span of a run.
 
 Importing this module does not import TensorFlow; each function does when
 called. The benchmarks import it (normzoo.benchmarks.runner) in the JAX
 child processes of P10 too, which never call it."""
+
+import contextlib
 
 
 def onednn_enabled():
@@ -21,6 +24,29 @@ def onednn_enabled():
         return bool(_pywrap_util_port.IsMklEnabled())
     except (ImportError, AttributeError):
         return None
+
+
+@contextlib.contextmanager
+def deterministic_ops(enabled=True):
+    """Within the context, with `enabled`, TensorFlow runs deterministic op
+    implementations (`tf.config.experimental.enable_op_determinism`: the
+    same inputs give bit-identical outputs, and an op without a
+    deterministic kernel raises rather than run); on exit the process's
+    previous setting is back. TensorFlow has no public way to read or undo
+    the setting (TF 2.21: `is_op_determinism_enabled` and
+    `disable_op_determinism` of `tensorflow.python.framework.config`)."""
+    if not enabled:
+        yield
+        return
+    from tensorflow.python.framework import config  # noqa: PLC0415
+
+    previous = config.is_op_determinism_enabled()
+    config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not previous:
+            config.disable_op_determinism()
 
 
 def own_function(python_function, **options):

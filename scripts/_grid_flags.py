@@ -35,6 +35,11 @@ def define(norms):
         "to select.",
     )
     flags.DEFINE_float("weight_decay", 5e-4, "Decoupled weight decay.")
+    flags.DEFINE_bool(
+        "deterministic", True,
+        "Deterministic ops in every run (TrainConfig.deterministic): a cell repeats bit for "
+        "bit, so the spread between seeds is the seeds', not the machine's.",
+    )
     define_integer_list(
         "seeds",
         ["0", "1"],
@@ -86,6 +91,7 @@ def base_config(**fields):
         image_size=FLAGS.image_size,
         weight_decay=FLAGS.weight_decay,
         seed=int(FLAGS.seeds[0]),
+        deterministic=FLAGS.deterministic,
         verbose=False,
         **fields,
     )

@@ -70,6 +70,10 @@ flags.DEFINE_integer("recalibration_batches", 20, "Batches for the recalibrated 
 flags.DEFINE_string("work_dir", "runs/finetune_experiment", "Model directories of the arms.")
 flags.DEFINE_string("output_dir", os.path.join(os.path.dirname(__file__), "results"), "Results go here.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_bool(
+    "deterministic", True,
+    "Deterministic ops in every arm (TrainConfig.deterministic): an arm repeats bit for bit.",
+)
 FLAGS = flags.FLAGS
 
 _TASKS = {
@@ -139,6 +143,7 @@ def _finetune(entry, arm, settings):
         init_checkpoint=FLAGS.init_checkpoint,
         model_dir=os.path.join(FLAGS.work_dir, "inverted" if FLAGS.invert_images else "no_shift", arm),
         seed=FLAGS.seed,
+        deterministic=FLAGS.deterministic,
         verbose=False,
         **settings,
     )

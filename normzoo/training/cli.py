@@ -77,6 +77,11 @@ def define_flags(defaults=None, *, finetune_flags=False):
         "checkpoint_steps", d.checkpoint_steps, "Also checkpoint every N steps (0: per epoch only)."
     )
     flags.DEFINE_integer("seed", d.seed, "Random seed (initialization and data order).")
+    flags.DEFINE_bool(
+        "deterministic", d.deterministic,
+        "Deterministic ops: the same flags give bit-identical weights, optimizer state and "
+        "metrics (slower steps).",
+    )
     flags.DEFINE_enum(
         "layout", d.layout, list(resnet.LAYOUTS),
         "Layout of an ImageNet ResNet (resnet50, ...): where its strides and biases are "

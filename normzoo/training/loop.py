@@ -131,6 +131,15 @@ class TrainConfig:
     "frozen_stats"). `invert_images` inverts the pixel
     values of the dataset (a domain shift, see `normzoo.data.load`).
 
+    Repeatability: every run is seeded by `seed` (initialization, data
+    order, augmentation, dropout). `deterministic=True` also makes
+    TensorFlow run deterministic op implementations for the run (see
+    `normzoo.runtime.deterministic_ops`): the same configuration then gives
+    bit-identical weights, optimizer state and metrics, on one device and
+    under MirroredStrategy, at some cost in step time (see
+    scripts/results/BENCHMARKS.md); without it, threaded reductions may
+    round differently from run to run.
+
     Inputs: `preprocess_mode` is the normalization of every image (a mode
     of `normzoo.data.load`: "tf", "torch", "caffe" or "vgg"); None feeds
     what the init checkpoint's weights expect (its
@@ -169,6 +178,7 @@ class TrainConfig:
     checkpoint_steps: int = 0
     max_checkpoints: int = 3
     seed: int = 0
+    deterministic: bool = False
     verbose: bool = True
     invert_images: bool = False
     num_classes: int | None = None
@@ -495,7 +505,7 @@ def train(config, *, strategy=None):
     config.validate()
     strategy = strategy or distribute.make_strategy(config.strategy, config.tpu)
     config, plan = _plan(config, strategy)
-    with _precision_policy(config.mixed_precision):
+    with _precision_policy(config.mixed_precision), runtime.deterministic_ops(config.deterministic):
         keras.utils.set_random_seed(config.seed)
         model = _build_model(config, strategy, plan)
         return _run(config, strategy, model, plan)

@@ -1,7 +1,10 @@
 """Runs scripts/train.py, optionally killing itself with SIGKILL inside a
-checkpoint write (for tests/training/test_faults.py; not a test module).
+checkpoint write (for tests/training/test_faults.py), optionally on
+several logical CPU devices (for --strategy=mirrored in
+tests/training/test_deterministic.py); not a test module.
 
     NORMZOO_KILL_IN_CHECKPOINT=<point>:<n> python fault_driver.py --flags...
+    NORMZOO_LOGICAL_CPUS=2 python fault_driver.py --strategy=mirrored --flags...
 
 kills the process in the n-th checkpoint write, at `point`:
 
@@ -20,6 +23,7 @@ import signal
 import sys
 from pathlib import Path
 
+import tensorflow as tf
 from tensorflow.python.checkpoint import checkpoint_management, functional_saver
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
@@ -40,6 +44,12 @@ def _kill_on_call(module, name, calls):
 
 
 def main():
+    logical_cpus = int(os.environ.get("NORMZOO_LOGICAL_CPUS", "1"))
+    if logical_cpus > 1:  # before TensorFlow starts
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus
+        )
     fault = os.environ.get("NORMZOO_KILL_IN_CHECKPOINT")
     if fault:
         point, calls = fault.split(":")
