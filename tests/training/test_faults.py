@@ -101,6 +101,17 @@ def _assert_finished(model_dir, total_steps, epochs):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
+def _wait_for_checkpoint(process, model_dir, step):
+    """Waits until the running `process` has written the checkpoint of
+    `step` (or a later one); returns `time.monotonic()` then."""
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while _latest_step(model_dir) < step:
+        assert process.poll() is None, f"the run ended before step {step}"
+        assert time.monotonic() < deadline, f"no checkpoint of step {step} in {TIMEOUT_SECONDS} s"
+        time.sleep(0.005)
+    return time.monotonic()
+
+
 def _assert_resumed_from(log_path, model_dir, step):
     """The start whose output is in `log_path` resumed from the checkpoint
     of `step` (started afresh when `step` is 0), as its log says."""
@@ -139,21 +150,28 @@ def test_a_run_killed_at_random_moments_and_in_checkpoint_writes_finishes_intact
         _assert_resumed_from(log_path, model_dir, resume_step)
         assert _assert_latest_checkpoint_restores(model_dir) == latest
         trials.append((fault, latest))
-    # At random moments: once training has passed a random checkpoint
-    # (well before the end), after a random delay of up to 0.3 s.
+    # At random moments of the restarted run, measured in its own progress
+    # rather than in seconds (a fast machine trains many steps in a second):
+    # once it has written a random checkpoint after the one it resumed from
+    # (so it has resumed, and logged so), after a random share of one
+    # checkpoint interval as this run takes them, and before it writes the
+    # next one.
     for trial in range(5):
-        target = min(_latest_step(model_dir) + CHECKPOINT_STEPS * rng.randint(1, 3), TOTAL_STEPS - 20)
-        delay = rng.uniform(0.0, 0.3)
+        if _latest_step(model_dir) > TOTAL_STEPS - 4 * CHECKPOINT_STEPS:
+            break  # too near the end for a kill within the run; the last start finishes it
         process, log_path, resume_step = start(_environment())
-        deadline = time.monotonic() + TIMEOUT_SECONDS
-        while _latest_step(model_dir) < target and process.poll() is None:
-            assert time.monotonic() < deadline, "no progress"
-            time.sleep(0.01)
-        time.sleep(delay)
+        intervals = rng.randint(1, 2)
+        first = resume_step + CHECKPOINT_STEPS  # its interval includes tracing the step
+        target = first + CHECKPOINT_STEPS * intervals
+        started = _wait_for_checkpoint(process, model_dir, first)
+        interval = (_wait_for_checkpoint(process, model_dir, target) - started) / intervals
+        kill_at = time.monotonic() + rng.uniform(0.0, 1.0) * interval
+        while time.monotonic() < kill_at and _latest_step(model_dir) < target + CHECKPOINT_STEPS:
+            time.sleep(0.005)
         process.send_signal(signal.SIGKILL)
         assert _wait(process) == -signal.SIGKILL, f"trial {trial} ended before the kill"
         _assert_resumed_from(log_path, model_dir, resume_step)
-        trials.append((f"random {target}+{delay:.2f}s", _assert_latest_checkpoint_restores(model_dir)))
+        trials.append((f"random {target}+{kill_at - started:.2f}s", _assert_latest_checkpoint_restores(model_dir)))
     # And the last start finishes.
     process, log_path, resume_step = start(_environment())
     assert _wait(process) == 0, log_path.read_text()[-3000:]
