@@ -31,6 +31,8 @@ benchmark.json (the numbers, the flags and the machine) to --output_dir:
       MirroredStrategy over 2 logical CPU devices                target <= 0.5 s
   P10 normzoo BatchNorm / keras BatchNormalization step time under Keras'
       JAX backend (jax.jit), P2's conv net, in a subprocess      target <= 1.05
+  P11 the main job's training step with --deterministic / with default
+      ops (deterministic TensorFlow ops), one device             target <= 1.25
 
 Ratios come from candidates timed in alternating rounds in the same process
 (`normzoo.benchmarking.compare`), so machine noise reaches both alike. With

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 _SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
-FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10", "P11")
 P2_MODELS = {
     "conv_net": "conv net step time, normzoo BatchNorm / keras BatchNormalization",
     "conv_net_renorm": "conv net step time, normzoo BatchNorm(renorm=True) / keras BatchNormalization(renorm=True)",

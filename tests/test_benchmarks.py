@@ -77,7 +77,7 @@ def test_a_target_without_a_comparison_is_refused():
 
 @pytest.mark.parametrize(
     "change, setting",
-    [({"figures": ("P11",)}, "figures"), ({"layers_modes": ("jit",)}, "layers_modes"),
+    [({"figures": ("P12",)}, "figures"), ({"layers_modes": ("jit",)}, "layers_modes"),
      ({"layers_cases": ("gru",)}, "layers_cases"), ({"wrn_depths": ("16", "17")}, "wrn_depths"),
      ({"build_model": "resnet51"}, "build_model")],
 )

@@ -18,6 +18,7 @@ from normzoo.benchmarks import (
     p8_replica_statistics,
     p9_main_job,
     p10_jax_batch_norm,
+    p11_deterministic,
 )
 
 FIGURES = (
@@ -29,6 +30,7 @@ FIGURES = (
     p4_synchronized_bn.FIGURE,
     p8_replica_statistics.FIGURE,
     p9_main_job.FIGURE,
+    p11_deterministic.FIGURE,
     p10_jax_batch_norm.FIGURE,
     p7_depth.FIGURE,
     onednn.FIGURE,

@@ -80,16 +80,18 @@ class Settings:
     wrn_rounds: int = _setting(3, "Timing rounds per depth in P7.", quick=1, used_by=("P7",))
     matmul_size: int = _setting(1024, "Size of the square matrices of P6's peak measurement.", quick=256,
                                 used_by=("P6", "P7"))
-    main_job_model: str = _setting("resnet20", "Model of P9's training runs (scripts/train.py's default).",
-                                   quick="wrn_10_1", used_by=("P9",))
-    main_job_image_size: int = _setting(32, "Image size of P9's runs (0: the dataset's own).", quick=0,
-                                        used_by=("P9",))
-    main_job_batch_size: int = _setting(64, "Global batch of P9's runs.", quick=16, used_by=("P9",))
+    main_job_model: str = _setting("resnet20", "Model of P9's training runs (scripts/train.py's default) and of P11.",
+                                   quick="wrn_10_1", used_by=("P9", "P11"))
+    main_job_image_size: int = _setting(32, "Image size of P9's runs and P11 (0: the dataset's own).", quick=0,
+                                        used_by=("P9", "P11"))
+    main_job_batch_size: int = _setting(64, "Global batch of P9's runs and P11.", quick=16, used_by=("P9", "P11"))
     main_job_epochs: int = _setting(10, "Epochs of P9's runs.", quick=2, used_by=("P9",))
     main_job_steps_per_epoch: int = _setting(0, "Steps per epoch of P9's runs (0: the split over the batch).",
                                              quick=2, used_by=("P9",))
     main_job_rounds: int = _setting(3, "Runs of P9 per variant (normzoo, model.fit, mirrored).", quick=1,
                                     used_by=("P9",))
+    determinism_rounds: int = _setting(21, "Alternating timing rounds of P11.", quick=1, used_by=("P11",))
+    determinism_steps_per_round: int = _setting(5, "Steps timed per round in P11.", quick=1, used_by=("P11",))
     compare_onednn: bool = _setting(True, "Also time ResNet-50 training with TF_ENABLE_ONEDNN_OPTS=0 and =1.",
                                     quick=False)
     onednn_rounds: int = _setting(2, "Subprocesses per TF_ENABLE_ONEDNN_OPTS value.", used_by=("oneDNN",))
