@@ -137,6 +137,7 @@ def main(argv):
     flag_names = [
         "model", "batch_sizes", "norms", "dataset", "image_size", "examples", "learning_rates",
         "base_batch_size", "small_batch", "weight_decay", "seeds", "validation_fraction",
+        "deterministic",
     ]
     record, paths = _grid_flags.run_and_write(
         argv,

@@ -126,7 +126,7 @@ def main(argv):
     flag_names = [
         "depths", "width", "norms", "dataset", "image_size", "batch_size", "epochs",
         "steps_per_epoch", "learning_rates", "schedule", "weight_decay", "seeds",
-        "validation_fraction", "margin",
+        "validation_fraction", "margin", "deterministic",
     ]
     record, paths = _grid_flags.run_and_write(
         argv, cells, ["depth", "norm"], flag_names, markdown, claims

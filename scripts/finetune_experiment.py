@@ -220,7 +220,7 @@ def main(argv):
         f"--{name}={FLAGS[name].value}"
         for name in (
             "invert_images", "output_name", "epochs", "steps_per_epoch", "batch_size", "optimizer",
-            "learning_rate", "seed",
+            "learning_rate", "seed", "deterministic",
         )
     )
     os.makedirs(FLAGS.output_dir, exist_ok=True)

@@ -42,6 +42,26 @@ import pytest  # noqa: E402
 LOGICAL_CPUS = [f"/cpu:{i}" for i in range(NUM_LOGICAL_CPUS)]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+# The tests whose kernels TensorFlow's oneDNN switch changes: the layers,
+# distributed training and the benchmark script. oneDNN is on by default on
+# AVX-512 CPUs and off on AVX2 ones, so `.ci/run` runs these (`-m onednn`)
+# again with TF_ENABLE_ONEDNN_OPTS=0 after the whole suite ran with =1.
+ONEDNN_SENSITIVE = (
+    "tests/layers/",
+    "tests/training/test_loop.py",
+    "tests/training/test_resume_distributed.py",
+    "tests/training/test_multi_worker.py",
+    "tests/training/test_multi_worker_statistics.py",
+    "tests/training/test_deterministic.py",
+    "tests/test_benchmark_script.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if pathlib.Path(item.path).relative_to(ROOT).as_posix().startswith(ONEDNN_SENSITIVE):
+            item.add_marker(pytest.mark.onednn)
+
 
 @pytest.fixture(scope="session")
 def mirrored_strategy():

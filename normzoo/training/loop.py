@@ -136,9 +136,9 @@ class TrainConfig:
     TensorFlow run deterministic op implementations for the run (see
     `normzoo.runtime.deterministic_ops`): the same configuration then gives
     bit-identical weights, optimizer state and metrics, on one device and
-    under MirroredStrategy, at some cost in step time (see
-    scripts/results/BENCHMARKS.md); without it, threaded reductions may
-    round differently from run to run.
+    under MirroredStrategy, at some cost in step time (benchmark P11 of
+    scripts/benchmark.py); without it, TensorFlow's non-deterministic
+    kernels (on GPUs, for instance) may round differently from run to run.
 
     Inputs: `preprocess_mode` is the normalization of every image (a mode
     of `normzoo.data.load`: "tf", "torch", "caffe" or "vgg"); None feeds
