@@ -57,10 +57,57 @@ ONEDNN_SENSITIVE = (
 )
 
 
-def pytest_collection_modifyitems(items):
+# The slow rest of the suite, marked `large` (keras-hub's convention): the
+# plain `python -m pytest` skips it and runs in under 10 minutes on 2 cores
+# while touching every package; `--run_large` runs it too. Node ids (or
+# their beginnings) of: full backend parity, the benchmark and experiment
+# scripts, fault injection, the soak, multi-process and XLA-distributed
+# runs, every script's --help and flag errors (one script run stays fast:
+# test_finetune's), and the biggest reference models.
+LARGE = (
+    "tests/test_backends.py",
+    "tests/test_benchmark_script.py",
+    "tests/test_upstream.py",
+    "tests/scripts/",
+    "tests/models/test_signal_propagation_script.py",
+    "tests/training/test_faults.py",
+    "tests/training/test_bad_flags.py",
+    "tests/training/test_multi_worker.py",
+    "tests/training/test_multi_worker_statistics.py",
+    "tests/training/test_resume_distributed.py",
+    "tests/training/test_deterministic.py",
+    "tests/training/test_finetune_torch.py",
+    "tests/training/test_run_times.py::test_a_resumed_run_reports_its_own_first_step",
+    "tests/training/test_finetune.py::test_resuming_an_interrupted_finetune",
+    "tests/training/test_loop.py::test_mirrored_run_equals_single_device_run_on_the_same_global_batches[True-True]",
+    "tests/training/test_loop.py::test_mirrored_run_equals_single_device_run_on_the_same_global_batches[False-True]",
+    *(f"tests/test_bn_convert.py::test_converted_application_computes_what_keras_computes[{name}]"
+      for name in ("DenseNet121", "MobileNetV2", "EfficientNetB0", "ResNet50V2")),
+    "tests/test_bn.py::test_fold_outputs_equal_the_original_model[resnet50v2]",
+    "tests/models/test_jit.py::test_jit_compiled_training_step_equals_the_eager_one[resnet18]",
+    "tests/models/test_param_counts.py::test_wide_resnet_1000_2_builds",
+    "tests/models/test_param_counts.py::test_keras_layout_has_the_parameter_count_of_keras_applications[resnet152",
+    "tests/checkpoints/test_keras_applications.py::test_distributed_weights_file_builds_the_keras_applications_model[resnet1",
+    "tests/checkpoints/test_torch_weights.py::test_restored_model_computes_the_torch_models_logits[torchvision_wide_resnet",
+)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run_large", action="store_true",
+        help="Also run the tests marked large: the slow rest of the suite (tests/conftest.py's LARGE).",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_large = pytest.mark.skip(reason="large: run with --run_large")
     for item in items:
-        if pathlib.Path(item.path).relative_to(ROOT).as_posix().startswith(ONEDNN_SENSITIVE):
+        if item.nodeid.startswith(ONEDNN_SENSITIVE):
             item.add_marker(pytest.mark.onednn)
+        if item.nodeid.startswith(LARGE):
+            item.add_marker(pytest.mark.large)
+            if not config.getoption("--run_large"):
+                item.add_marker(skip_large)
 
 
 @pytest.fixture(scope="session")

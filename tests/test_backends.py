@@ -23,7 +23,8 @@ JAX_SUITE = (
 
 def test_the_backend_agnostic_suite_passes_under_jax():
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *JAX_SUITE],
+        # --run_large: this test is the full backend parity, none skipped.
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--run_large", *JAX_SUITE],
         cwd=ROOT,
         env={**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)},
         capture_output=True,
