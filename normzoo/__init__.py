@@ -15,18 +15,17 @@ level first), from a level to the levels below it, never up and never
 across one level. No import hides inside a function to get around this:
 tests/test_architecture.py parses every import and holds the code to it.
 
-    experiments.py       grids of training runs and their result tables
-    gpu_check.py         the one-shot GPU check under JAX (scripts/gpu_check.py)
-    benchmarks/          one module per figure of scripts/benchmark.py,
-                         and the renderer of BENCHMARKS.md
-    training/            the training loop behind scripts/train.py and
-                         scripts/finetune.py: strategies, XLA step forms,
-                         fine-tuning from a checkpoint (TensorFlow-only)
+    __main__.py          `python -m normzoo`: lists the commands, runs one
+    commands/            the console scripts normzoo-train and
+                         normzoo-finetune (scripts/*.py run the same)
+    training/            the training loop behind the commands:
+                         strategies, XLA step forms, fine-tuning from a
+                         checkpoint (TensorFlow-only)
     checkpoints/         reading every checkpoint format into one `Source`,
-                         restoring it all or nothing, and `normzoo.build`
+                         restoring it all or nothing, `normzoo.build`, and
+                         the checkpoints shipped with normzoo (_shipped/)
     bn.py                BatchNorm tools for trained models: audit, freeze,
                          recalibrate, fold, convert
-    benchmarking.py      speed measurements for scripts/benchmark*.py
     models/              the residual zoo: blocks written once, one file
                          per family, the registry (`models.build`)
     layers/              BatchNorm, LayerNorm, SkipInit (TensorFlow-only
@@ -40,15 +39,15 @@ tests/test_architecture.py parses every import and holds the code to it.
     backends.py          the Keras backend of the process, and the error
                          of the TensorFlow-only features on another one
 
-The levels, bottom first: naming, runtime, _keras_graph, backends; layers, data;
-models; checkpoints, bn, benchmarking; training; experiments, benchmarks, gpu_check; this file
+The levels, bottom first: naming, runtime, _keras_graph, backends; layers,
+data; models; checkpoints, bn; training; commands; this file; __main__
 (`import normzoo` gives layers, models, bn, checkpoints, and data on first
 use: it is TensorFlow's input pipeline, and `import normzoo` needs no
-TensorFlow). scripts/
-stands on top of them all: absl-flag entry points that parse flags and
-call the library. A private Keras or TensorFlow API is used only where no
-public one exists, in one small function whose comment names the version
-it was checked against (Keras 3.15.1, TF 2.21).
+TensorFlow). The measuring apparatus (benchmarks, experiments, analyses)
+is the lab, lab/ in the repository: it imports normzoo, never the
+reverse, and is not installed. A private Keras or TensorFlow API is used
+only where no public one exists, in one small function whose comment
+names the version it was checked against (Keras 3.15.1, TF 2.21).
 """
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 """Walking and rebuilding Keras models: the helpers that `normzoo.bn`,
-`normzoo.checkpoints` and `normzoo.benchmarking` share, for any Keras
+`normzoo.checkpoints` (and the lab's benchmarks) share, for any Keras
 model (nothing here knows the zoo).
 
 Keras 3 has no public API for four things they need: telling a graph model

@@ -21,7 +21,7 @@ weight files restore by name:
   (`norm`); the SkipInit scalar of a block is `{block}_skipinit`
   (`skipinit`). So the layer names show the normalization (`norm_of`).
 - `{block}_add` adds the skip path (first input) and the residual branch
-  (second input) (`add`); `normzoo.models.diagnostics` reads them.
+  (second input) (`add`); a model's residual blocks are found by them.
 
 This module imports nothing of normzoo: the rules are plain strings.
 """

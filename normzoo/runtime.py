@@ -4,8 +4,7 @@ tf.functions that each object makes for itself, and deterministic ops for
 the span of a run.
 
 Importing this module does not import TensorFlow; each function does when
-called. The benchmarks import it (normzoo.benchmarks.runner) in the JAX
-child processes of P10 too, which never call it."""
+called, so a JAX process may import it (the lab's benchmarks do)."""
 
 import contextlib
 

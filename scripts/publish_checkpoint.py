@@ -19,7 +19,7 @@ import shutil
 
 from absl import app, flags
 
-import _app  # scripts/_app.py
+from normzoo.commands import app as command_app
 
 flags.DEFINE_string("model_dir", None, "The finished run's --model_dir.", required=True)
 flags.DEFINE_string("name", None, "Name of the checkpoint in the manifest.", required=True)
@@ -106,4 +106,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _app.run(main)
+    command_app.run(main)

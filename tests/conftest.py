@@ -53,7 +53,7 @@ ONEDNN_SENSITIVE = (
     "tests/training/test_multi_worker.py",
     "tests/training/test_multi_worker_statistics.py",
     "tests/training/test_deterministic.py",
-    "tests/test_benchmark_script.py",
+    "tests/lab/test_benchmark_script.py",
 )
 
 
@@ -66,10 +66,13 @@ ONEDNN_SENSITIVE = (
 # test_finetune's), and the biggest reference models.
 LARGE = (
     "tests/test_backends.py",
-    "tests/test_benchmark_script.py",
+    "tests/lab/test_benchmark_script.py",
     "tests/test_upstream.py",
     "tests/scripts/",
-    "tests/models/test_signal_propagation_script.py",
+    "tests/test_packaging.py::test_an_installed_wheel_runs_its_commands_from_another_directory",
+    "tests/lab/test_signal_propagation_script.py",
+    "tests/lab/test_experiment_scripts.py",
+    "tests/lab/test_soak.py",
     "tests/training/test_faults.py",
     "tests/training/test_bad_flags.py",
     "tests/training/test_multi_worker.py",

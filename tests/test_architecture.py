@@ -1,4 +1,5 @@
-"""normzoo's imports run one way: down the levels of `LEVELS`.
+"""normzoo's imports run one way: down the levels of `LEVELS`; and the lab
+(lab/) imports the library, never the reverse.
 
 The package's source is parsed with `ast` (nothing is imported), and every
 import counts: at module level, inside functions and under `if`/`try`. A
@@ -22,12 +23,18 @@ LEVELS = (
     ("normzoo.naming", "normzoo.runtime", "normzoo._keras_graph", "normzoo.backends"),
     ("normzoo.layers", "normzoo.data"),
     ("normzoo.models",),
-    ("normzoo.checkpoints", "normzoo.bn", "normzoo.benchmarking"),
+    ("normzoo.checkpoints", "normzoo.bn"),
     ("normzoo.training",),
-    ("normzoo.experiments", "normzoo.benchmarks", "normzoo.gpu_check"),
+    # The console scripts' entry points.
+    ("normzoo.commands",),
     # The package's face, normzoo/__init__.py: what `import normzoo` gives.
     ("normzoo",),
+    # `python -m normzoo`.
+    ("normzoo.__main__",),
 )
+
+
+LAB = PACKAGE.parent / "lab"
 
 
 def _module_name(path, root):
@@ -164,3 +171,55 @@ def test_imports_within_a_package_and_down_the_levels_pass(tmp_path):
         },
     )
     assert violations(root, (("pkg.low",), ("pkg.high",), ("pkg",))) == []
+
+
+def imports_of(root, names):
+    """["path:line: module"] for every import, anywhere in the .py files
+    under `root` (in functions and under `if`/`try` too), of a module whose
+    top-level name is in `names`."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                targets = [node.module]
+            else:
+                continue
+            found += [
+                f"{path.relative_to(root.parent)}:{node.lineno}: {target}"
+                for target in targets
+                if target.split(".")[0] in names
+            ]
+    return found
+
+
+def _lab_modules():
+    """The lab's top-level modules: its package and its scripts' modules."""
+    return {"normzoo_lab", *(path.stem for path in LAB.glob("*.py"))}
+
+
+def test_the_library_never_imports_the_lab():
+    found = imports_of(PACKAGE, _lab_modules())
+    assert not found, "the lab imports the library, never the reverse:\n" + "\n".join(found)
+
+
+def test_the_lab_is_beside_the_package_and_imports_it():
+    assert (LAB / "normzoo_lab" / "__init__.py").exists() and "_grid_flags" in _lab_modules()
+    assert imports_of(LAB, {"normzoo"}), "the lab stands on the library"
+
+
+def test_an_import_of_the_lab_is_found_in_any_form(tmp_path):
+    _write(
+        tmp_path / "pkg",
+        {
+            "__init__.py": "import os\n",
+            "a.py": "def f():\n    from normzoo_lab import experiments\n",
+            "b.py": "try:\n    import _grid_flags\nexcept ImportError:\n    pass\n",
+        },
+    )
+    found = imports_of(tmp_path / "pkg", _lab_modules())
+    assert found == [
+        f"{pathlib.Path('pkg', 'a.py')}:2: normzoo_lab",
+        f"{pathlib.Path('pkg', 'b.py')}:2: _grid_flags",
+    ]

@@ -4,6 +4,7 @@
     model = normzoo.build("resnet50v2", weights="resnet_v2_50.ckpt")  # TF-slim
     model = normzoo.build("resnet50", weights="model.safetensors")  # torchvision/timm
     model.restore_report.preprocess_mode  # "torch": the input preprocessing the weights expect
+    model = normzoo.build("resnet20", weights="resnet20_batch_digits")  # shipped with normzoo
 
 A restore is all or nothing: it reads and checks the whole checkpoint
 first, and either every variable of the model is restored (moving mean and
@@ -27,6 +28,7 @@ and still trains, and predicts badly.
 from normzoo.checkpoints.keras_files import save_weights
 from normzoo.checkpoints.report import RestoreError, RestoreReport, ShapeMismatch
 from normzoo.checkpoints.restore import read, restore
+from normzoo.checkpoints.shipped import shipped
 from normzoo.checkpoints.source import FORMATS
 
 __all__ = [
@@ -37,4 +39,5 @@ __all__ = [
     "read",
     "restore",
     "save_weights",
+    "shipped",
 ]

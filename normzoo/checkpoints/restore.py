@@ -10,7 +10,7 @@ import numpy as np
 
 from normzoo import backends, naming
 from normzoo._keras_graph import leaf_layers
-from normzoo.checkpoints import integrity, keras_files, provenance, torch_files
+from normzoo.checkpoints import integrity, keras_files, provenance, shipped, torch_files
 from normzoo.checkpoints.report import RestoreError, RestoreReport, ShapeMismatch
 from normzoo.checkpoints.source import FORMATS
 
@@ -56,6 +56,9 @@ def restore(model, path, *, strict=True, skip=()):
       files (no torch needed) or `.pth`/`.bin` files (read with
       `torch.load(weights_only=True)` when torch is installed; see
       `normzoo.checkpoints.torch_files`).
+
+    `path` may also be the name of a checkpoint shipped with normzoo
+    (`normzoo.checkpoints.shipped()`, e.g. "resnet20_batch_digits").
 
     Damaged files are refused, whatever `strict` says, before anything is
     assigned: the bytes are checked against every checksum or hash there is
@@ -118,7 +121,7 @@ def read(path):
     checking its bytes against every checksum or hash there is for them (see
     `restore`); raises `RestoreError` as `restore` does for a file it cannot
     read or that fails a check."""
-    path = os.fspath(path)
+    path = shipped.resolve(os.fspath(path))
     prefix = _tf_prefix(path)
     if os.path.isdir(path) or prefix is not None:
         backends.require_tensorflow(f"Reading the TensorFlow checkpoint at {path}")
@@ -129,7 +132,8 @@ def read(path):
     if not os.path.exists(path):
         raise RestoreError(
             f"No checkpoint at {path}: no such file, directory or TensorFlow checkpoint "
-            f"prefix ({path}.index does not exist either). Check the path."
+            f"prefix ({path}.index does not exist either). Check the path, or name a "
+            f"checkpoint shipped with normzoo: {', '.join(shipped.names())}."
         )
     if h5py.is_hdf5(path):
         reader = keras_files.read_h5

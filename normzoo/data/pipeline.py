@@ -149,7 +149,6 @@ def load(
     channels=None,
     preprocess_mode="tf",
     invert=False,
-    single_class_batches=False,
     seed=0,
     steps_per_epoch=None,
     epochs=None,
@@ -202,11 +201,7 @@ def load(
       `start_step // steps_per_epoch` are not read at all.
     - Evaluation (`training=False`): no shuffling, no augmentation, no
       repetition; every example once, in a fixed order, the last batch
-      possibly partial. Iterating twice gives identical batches. With
-      `single_class_batches=True` every batch holds examples of one class
-      only (a class's examples in split order, its last batch possibly
-      partial): batches of near-identical images, on which a model whose
-      predictions depend on the batch fails.
+      possibly partial. Iterating twice gives identical batches.
     - Evaluation repeated (`repeat=True`), the stream to evaluate on under a
       distribution strategy: elements are `(images, labels, weights)`, the
       evaluation stream above with float32 weights 1, in passes, forever,
@@ -245,8 +240,6 @@ def load(
             `preprocessing.Recipe`).
         invert: Invert pixel values (255 - value) before the normalization:
             a domain shift (see `preprocessing.Recipe`).
-        single_class_batches: Batch the evaluation stream by class (see
-            above); only with `training=False`.
         seed: Seed of the shuffling and the augmentation.
         steps_per_epoch: Global batches per epoch of the training stream
             (see above); None: one stream of passes, no epochs.
@@ -279,15 +272,10 @@ def load(
         )
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0; got {start_step!r}.")
-    if repeat and (training or single_class_batches):
+    if repeat and training:
         raise ValueError(
-            "repeat=True repeats the evaluation stream (training=False, "
-            "single_class_batches=False); the training stream repeats itself."
-        )
-    if training and single_class_batches:
-        raise ValueError(
-            "single_class_batches=True is for evaluation (training=False): training "
-            "batches are shuffled across classes."
+            "repeat=True repeats the evaluation stream (training=False); the training "
+            "stream repeats itself."
         )
     input_context = input_context or tf.distribute.InputContext()
     if not training and not repeat and input_context.num_replicas_in_sync > 1:
@@ -373,16 +361,7 @@ def load(
         dataset = encoded(seed).map(eval_example, num_parallel_calls=tf.data.AUTOTUNE)
     if repeat:
         return _padded_passes(dataset, builder, split, recipe, per_replica_batch_size, input_context)
-    if single_class_batches:
-        # A batch is emitted when a class has filled one; the partial batch
-        # of each class comes out at the end of the split.
-        dataset = dataset.group_by_window(
-            key_func=lambda image, label: tf.cast(label, tf.int64),
-            reduce_func=lambda label, window: window.batch(per_replica_batch_size),
-            window_size=per_replica_batch_size,
-        )
-    else:
-        dataset = dataset.batch(per_replica_batch_size, drop_remainder=training)
+    dataset = dataset.batch(per_replica_batch_size, drop_remainder=training)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -110,7 +110,7 @@ def replica_mean(context, variables):
     vector. Neither waits on the batch, so they run beside the layers
     before. For ResNet-20's 19 BatchNorm layers on 2 CPU replicas the reads
     cost 0.5 ms, the all-reduces (ordered one after another) 8.6 ms, beside
-    an inference step of 195 ms (scripts/results/replica_statistics.py)."""
+    an inference step of 195 ms (lab/results/replica_statistics.py)."""
     strategy = context.strategy
     copies = [strategy.experimental_local_results(_distributed_variable(v)) for v in variables]
     if _in_xla_context() or any(len(c) != context.num_replicas_in_sync for c in copies):
@@ -195,7 +195,7 @@ def batch_norm_training(x, gamma, beta, epsilon, axes, shape, context, mask=None
     Differentiating the forward pass op by op instead (through the
     all-gather and every elementwise op) cost ResNet-20 on 2 CPU replicas
     about 19% of its step time against unsynchronized BatchNorm, growing
-    with the batch (scripts/benchmark.py, P4). The gradients of gamma and
+    with the batch (lab/benchmark.py, P4). The gradients of gamma and
     beta are this replica's own sums, which the strategy adds up like any
     other gradient. The mean and variance carry no gradient: they only feed
     the moving statistics."""

@@ -141,7 +141,7 @@ def batch_norm_training_composed(
     folded the whole gradient into that reduction as a slow per-channel
     loop, and ResNet-50 (keras.applications layout, whose convolutions
     have biases) trained 10-20% slower than Keras' BatchNormalization;
-    this way it is as fast (scripts/benchmark.py, P1). `deviation` and the
+    this way it is as fast (lab/benchmark.py, P1). `deviation` and the
     residual mean(deviation) are of the order of the standard deviation,
     so nothing of the size of |mean| is rounded."""
 

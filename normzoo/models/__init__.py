@@ -4,13 +4,13 @@
     model = normzoo.models.build("resnet50", layout="slim")
 
 `build`, `names`, `check_name`, `check_arguments`, `arguments`,
-`architecture` and `names_with` are the entry points; `blocks` holds the residual blocks that every family shares,
-`diagnostics` the signal-propagation measurements. Models are freshly
+`architecture` and `names_with` are the entry points; `blocks` holds the
+residual blocks that every family shares. Models are freshly
 initialized: `normzoo.build(name, weights=path)` builds one from a
 checkpoint.
 """
 
-from normzoo.models import blocks, diagnostics
+from normzoo.models import blocks
 from normzoo.models.registry import (
     architecture,
     arguments,
@@ -28,7 +28,6 @@ __all__ = [
     "build",
     "check_arguments",
     "check_name",
-    "diagnostics",
     "names",
     "names_with",
 ]

@@ -1,5 +1,6 @@
-"""Training: strategies, XLA step forms, the loop behind scripts/train.py and
-scripts/finetune.py, and fine-tuning from pretrained checkpoints."""
+"""Training: strategies, XLA step forms, the loop behind the commands
+normzoo-train and normzoo-finetune, and fine-tuning from pretrained
+checkpoints."""
 
 from normzoo import backends
 
@@ -8,10 +9,9 @@ from normzoo import backends
 backends.require_installed_tensorflow("normzoo.training (the tf.distribute training loop)")
 
 from normzoo.training.distribute import STRATEGIES, XLA_FORMS, choose_xla_form, make_strategy
-from normzoo.training.finetune import Initialization, evaluate_batch_dependence
+from normzoo.training.finetune import Initialization
 from normzoo.training.loop import (
     BN_MODES,
-    INIT_VARIABLES,
     ConfigError,
     TrainConfig,
     TrainingDiverged,
@@ -23,7 +23,6 @@ from normzoo.training.steps import EvalStep, TrainStep, evaluate
 
 __all__ = [
     "BN_MODES",
-    "INIT_VARIABLES",
     "STRATEGIES",
     "XLA_FORMS",
     "ConfigError",
@@ -35,7 +34,6 @@ __all__ = [
     "TrainingDiverged",
     "choose_xla_form",
     "evaluate",
-    "evaluate_batch_dependence",
     "make_optimizer",
     "make_strategy",
     "train",

@@ -29,7 +29,7 @@ def define_flags(defaults=None, *, finetune_flags=False):
     `TrainConfig` `defaults` as defaults (None: `TrainConfig()`'s).
 
     With `finetune_flags=True` also the fine-tuning flags: the required
-    --init_checkpoint, --init_variables, --bn and --num_classes.
+    --init_checkpoint, --bn and --num_classes.
     """
     d = defaults or loop.TrainConfig()
     flags.DEFINE_string("model", d.model, "Model name (see normzoo.models.names()).")
@@ -104,9 +104,6 @@ def define_flags(defaults=None, *, finetune_flags=False):
         "when the checkpoint has another number of classes.",
     )
     flags.DEFINE_enum("bn", d.bn, loop.BN_MODES, _enum_help(finetune.BN_MODES))
-    flags.DEFINE_enum(
-        "init_variables", d.init_variables, loop.INIT_VARIABLES, _enum_help(finetune.INIT_VARIABLES)
-    )
 
 
 def config_from_flags():

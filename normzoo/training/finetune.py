@@ -1,26 +1,18 @@
-"""Starting a run from a pretrained checkpoint, and checking what it predicts.
+"""Starting a run from a pretrained checkpoint.
 
 `normzoo.training.train` calls `read_init_checkpoint` (before anything is
 built, so that a wrong path fails in seconds), then `initialize` (every
 variable restored through `normzoo.checkpoints.restore`, BatchNorm moving
 statistics included, a new classifier when the number of classes differs)
 and `set_bn_mode` (what BatchNorm does while fine-tuning).
-
-`evaluate_batch_dependence` measures the symptom of lost or stale BatchNorm
-statistics: accuracy on mixed-class batches against accuracy on batches
-that each hold one class, in inference mode and with batch statistics.
 """
 
 import dataclasses
 
-import tensorflow as tf
-from absl import logging
-
-from normzoo import bn, checkpoints, data, models, naming
+from normzoo import bn, checkpoints, models, naming
 from normzoo.checkpoints.build import checkpoint_layout
 from normzoo.checkpoints.source import stem_kernel
 from normzoo.models import resnet
-from normzoo.training.steps import EvalStep, evaluate
 
 BN_MODES = {
     "train": "BatchNorm normalizes with batch statistics and updates its moving "
@@ -36,11 +28,6 @@ BN_MODES = {
 # enough for a per-channel mean and variance (each batch contributes
 # batch x height x width values per channel), few enough to take seconds.
 RECALIBRATION_BATCHES = 16
-INIT_VARIABLES = {
-    "all": "every variable of the checkpoint, BatchNorm moving statistics included",
-    "trainable": "the trainable variables only, leaving the moving statistics at their "
-    "initial values (mean 0, variance 1): a known bug, reproduced for experiments only",
-}
 
 
 class InitCheckpointError(ValueError):
@@ -53,7 +40,6 @@ class Initialization:
 
     Attributes:
         checkpoint: The init checkpoint path, as given.
-        init_variables: A key of `INIT_VARIABLES`.
         new_head: Paths of the classifier variables left freshly initialized
             because the checkpoint has another number of classes (or none);
             empty when the checkpoint's classifier was restored.
@@ -66,7 +52,6 @@ class Initialization:
     """
 
     checkpoint: str
-    init_variables: str
     new_head: tuple
     report: checkpoints.RestoreReport
     audit: tuple
@@ -78,7 +63,6 @@ class Initialization:
         report["unrestored_statistics"] = list(self.report.unrestored_statistics)
         return {
             "init_checkpoint": self.checkpoint,
-            "init_variables": self.init_variables,
             "new_head": list(self.new_head),
             "audit_after_restore": [str(problem) for problem in self.audit],
             "test_after_restore": self.test,
@@ -165,52 +149,29 @@ def _new_head_variables(model, source):
     return tuple(variable.path for variable in head.weights)
 
 
-def initialize(model, path, source, *, init_variables="all"):
+def initialize(model, path, source):
     """Restores `model` from the init checkpoint at `path`, all or nothing.
 
     The restore is `normzoo.checkpoints.restore(model, path, strict=True,
-    skip=...)`, where `skip` names exactly:
+    skip=...)`, where `skip` names exactly the classifier's variables
+    ("predictions/kernel", "predictions/bias") when the checkpoint (already
+    read into `source` by `read_init_checkpoint`) has another number of
+    classes or no classifier: a new head for a new task.
 
-    - the classifier's variables ("predictions/kernel", "predictions/bias"),
-      when the checkpoint (already read into `source` by
-      `read_init_checkpoint`) has another number of classes or no
-      classifier: a new head for a new task;
-    - with `init_variables="trainable"`, every non-trainable variable (the
-      BatchNorm moving statistics), which keep their initial values: the
-      trainable-only restore that loses them, which a warning announces.
-
-    Everything else must be restored, or `RestoreError` is raised and the
+    Everything else (BatchNorm moving statistics included) must be restored, or `RestoreError` is raised and the
     model is unchanged.
 
     Returns:
         An `Initialization`.
     """
-    if init_variables not in INIT_VARIABLES:
-        raise ValueError(
-            f"init_variables={init_variables!r}; choose one of {', '.join(INIT_VARIABLES)}."
-        )
     new_head = _new_head_variables(model, source)
-    skip = list(new_head)
-    if init_variables == "trainable":
-        skip += [v.path for v in model.non_trainable_weights if v.path not in new_head]
-    report = checkpoints.restore(model, path, strict=True, skip=skip)
-    initialization = Initialization(
+    report = checkpoints.restore(model, path, strict=True, skip=new_head)
+    return Initialization(
         checkpoint=str(path),
-        init_variables=init_variables,
         new_head=new_head,
         report=report,
         audit=tuple(bn.audit(model)),
     )
-    if init_variables == "trainable" and report.unrestored_statistics:
-        logging.warning(
-            "init_variables='trainable': %d BatchNorm moving statistic(s) of %s were NOT "
-            "restored and keep their initial values (mean 0, variance 1): the model "
-            "predicts badly in inference mode until the statistics are re-estimated. Use "
-            "init_variables='all' except to study this bug.",
-            len(report.unrestored_statistics),
-            path,
-        )
-    return initialization
 
 
 def set_bn_mode(model, mode):
@@ -232,67 +193,3 @@ def set_bn_mode(model, mode):
     if not frozen:
         raise ValueError(f"bn={mode!r} needs BatchNorm layers, and model {model.name!r} has none.")
     return frozen
-
-
-def evaluate_batch_dependence(
-    model,
-    dataset,
-    *,
-    batch_size,
-    data_dir=None,
-    image_size=None,
-    invert=False,
-    seed=0,
-):
-    """Top-1 accuracy on the test split in mixed-class and in single-class
-    batches, in inference mode and with batch statistics.
-
-    A model whose BatchNorm statistics were lost or are stale predicts well
-    on batches of varied images and badly on batches of similar ones. In
-    inference mode (`training=False`) a BatchNorm network normalizes with
-    its moving statistics, so every prediction is independent of the rest
-    of its batch and both accuracies are equal, whatever the statistics are
-    worth. With
-    batch statistics (the model run with `training=True`, as a TF1 graph
-    built with `is_training=True` runs at test time) each batch is
-    normalized with its own statistics, and a batch of one class loses what
-    tells its images from the others'. BatchNorm layers with frozen
-    statistics (or not trainable) keep their moving statistics in both modes.
-
-    Single device (the default strategy). No variable of the model changes.
-
-    Args:
-        model: A Keras model mapping images to logits.
-        dataset: A dataset name for `normzoo.data.load`.
-        batch_size: Examples per batch.
-        data_dir, image_size, invert: As for `normzoo.data.load`.
-        seed: Seed of the order of the mixed-class batches.
-
-    Returns:
-        {"mixed": {"inference": accuracy, "batch_statistics": accuracy},
-         "single_class": {...}}.
-    """
-    info = data.info(dataset, data_dir=data_dir, image_size=image_size)
-    load_args = dict(
-        global_batch_size=batch_size,
-        training=False,
-        data_dir=data_dir,
-        image_size=image_size,
-        invert=invert,
-    )
-    mixed = data.load(dataset, info.test_split, **load_args).unbatch()
-    mixed = mixed.shuffle(info.test_examples, seed=seed, reshuffle_each_iteration=False)
-    batches = {
-        "mixed": mixed.batch(batch_size),
-        "single_class": data.load(dataset, info.test_split, single_class_batches=True, **load_args),
-    }
-    strategy = tf.distribute.get_strategy()
-    steps = {
-        "inference": EvalStep(model, strategy),
-        "batch_statistics": EvalStep(model, strategy, batch_statistics=True),
-    }
-    return {
-        batching: {mode: evaluate(step, stream)["accuracy"] for mode, step in steps.items()}
-        for batching, stream in batches.items()
-    }
-

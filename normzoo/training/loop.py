@@ -73,7 +73,6 @@ SCHEDULES = ("constant", "cosine", "step")
 MIXED_PRECISION = (None, "float16", "bfloat16")
 INPUT_SHARDING = ("pipeline", "global_batch")
 BN_MODES = tuple(finetune.BN_MODES)
-INIT_VARIABLES = tuple(finetune.INIT_VARIABLES)
 
 
 class ConfigError(ValueError):
@@ -107,8 +106,8 @@ class TrainConfig:
 
     `train_split` is the TFDS split trained on: "train", or a slice of it
     such as "train[:1150]" that leaves the rest ("train[1150:]") for
-    choosing hyperparameters (see `normzoo.experiments.validation_splits`);
-    the test split is never trained on.
+    choosing hyperparameters (the lab's grids do); the test split is never
+    trained on.
 
     `input_sharding` says how several input pipelines (one per worker under
     MultiWorkerMirroredStrategy) share the training data: "pipeline" gives
@@ -121,9 +120,7 @@ class TrainConfig:
     format of `normzoo.checkpoints.restore`) holding the same `model` and
     `norm`. Every variable is restored, strictly, except the classifier when
     the checkpoint has another number of classes than `num_classes` (None:
-    the dataset's), which is new. `init_variables="trainable"` restores the
-    trainable variables only and leaves the BatchNorm moving statistics at
-    their initial values (a known bug, reproduced for experiments). `bn` is
+    the dataset's), which is new. `bn` is
     "train" (batch statistics, moving statistics updated), "frozen_stats"
     (moving statistics used and never updated; gamma and beta trained) or
     "frozen" (gamma and beta fixed too) or "recalibrated" (the moving
@@ -137,7 +134,7 @@ class TrainConfig:
     `normzoo.runtime.deterministic_ops`): the same configuration then gives
     bit-identical weights, optimizer state and metrics, on one device and
     under MirroredStrategy, at some cost in step time (benchmark P11 of
-    scripts/benchmark.py); without it, TensorFlow's non-deterministic
+    lab/benchmark.py); without it, TensorFlow's non-deterministic
     kernels (on GPUs, for instance) may round differently from run to run.
 
     Inputs: `preprocess_mode` is the normalization of every image (a mode
@@ -183,7 +180,6 @@ class TrainConfig:
     invert_images: bool = False
     num_classes: int | None = None
     init_checkpoint: str | None = None
-    init_variables: str = "all"
     bn: str = "train"
     preprocess_mode: str | None = None
     channels: int | None = None
@@ -199,7 +195,6 @@ class TrainConfig:
             "strategy": distribute.STRATEGIES,
             "input_sharding": INPUT_SHARDING,
             "bn": BN_MODES,
-            "init_variables": INIT_VARIABLES,
         }
         if self.preprocess_mode is not None:
             choices["preprocess_mode"] = data.preprocessing.PREPROCESS_MODES
@@ -253,10 +248,6 @@ class TrainConfig:
             raise ConfigError(
                 f"bn={self.bn!r} without init_checkpoint would freeze the initial statistics "
                 "(mean 0, variance 1) of an untrained model; pass init_checkpoint or bn='train'."
-            )
-        if self.init_variables != "all" and not self.init_checkpoint:
-            raise ConfigError(
-                f"init_variables={self.init_variables!r} applies to a run with init_checkpoint."
             )
 
 
@@ -340,7 +331,6 @@ _MODEL_FIELDS = (
     "num_classes",
     "bn",
     "init_checkpoint",
-    "init_variables",
     "preprocess_mode",
     "channels",
     "layout",
@@ -753,9 +743,7 @@ def _initialize(config, model, plan, eval_step, eval_batches, eval_steps):
     """Restores `init_checkpoint` into `model` and measures the restored
     model on the test split: the baseline that fine-tuning is to improve on."""
     try:
-        initialization = finetune.initialize(
-            model, config.init_checkpoint, plan.init_source, init_variables=config.init_variables
-        )
+        initialization = finetune.initialize(model, config.init_checkpoint, plan.init_source)
     except checkpoints.RestoreError as error:
         raise ConfigError(
             f"init_checkpoint={config.init_checkpoint!r} does not fit "
@@ -965,8 +953,7 @@ def _log_initialization(config, initialization, chief, out_dir):
     )
     _log(
         config,
-        f"Initialized from {config.init_checkpoint} (init_variables={config.init_variables}, "
-        f"bn={config.bn}); {head}.\n{report}",
+        f"Initialized from {config.init_checkpoint} (bn={config.bn}); {head}.\n{report}",
     )
     _log(
         config,

@@ -83,16 +83,16 @@ def test_normzoo_its_layers_models_bn_and_checkpoints_import_and_run_without_ten
 
 
 def test_the_gpu_check_runs_without_tensorflow_at_tiny_size(tmp_path, run_without_tensorflow):
-    """scripts/gpu_check.py --tiny, as on the GPU machine (JAX, no
+    """lab/gpu_check.py --tiny, as on the GPU machine (JAX, no
     TensorFlow): one JSON whose numerical checks all pass and whose
     timings and losses are finite."""
     output = tmp_path / "gpu_check.json"
     run_without_tensorflow(
         f"""
         import runpy
-        sys.path.insert(0, "scripts")  # as `python scripts/gpu_check.py` has it
+        sys.path.insert(0, "scripts")  # as `python lab/gpu_check.py` has it
         sys.argv = ["gpu_check.py", "--tiny", "--output={output}"]
-        runpy.run_path("scripts/gpu_check.py", run_name="__main__")
+        runpy.run_path("lab/gpu_check.py", run_name="__main__")
         """
     )
     record = json.loads(output.read_text())

@@ -4,15 +4,14 @@ unknown flag's error points to --help.
 
 The reference for "the script's own flags" is the script's --helpfull, which
 groups every flag by the module that defined it: the script itself, a
-`normzoo` module (normzoo.training.cli) or a shared module of scripts/
-(_grid_flags) are the script's; absl's, TensorFlow's and TFDS' are not. The
-reference for the docstring is the script's source text.
+`normzoo` module (normzoo.training.cli) or a shared module beside it
+(lab/_grid_flags.py) are the script's; absl's, TensorFlow's and TFDS' are
+not. The reference for the docstring is the script's source text.
 
-The scripts run concurrently. Four of them import TensorFlow before parsing
-flags (about 7 CPU seconds each), the others only absl: --helpshort (absl's
-alias of --help) and the unknown flag run on the quick ones and on train.py;
-finetune.py is train.py's `normzoo.training.cli` with other defaults, and
-that every script parses its flags with scripts/_app.py (which words the
+The scripts run concurrently, each importing TensorFlow (through normzoo)
+before parsing flags: --helpshort (absl's alias of --help) and the unknown
+flag run on all but the slowest; scripts/finetune.py is train.py's
+`normzoo.training.cli` with other defaults, and that every script parses its flags with normzoo/commands/app.py (which words the
 unknown-flag error) is checked on its source.
 """
 
@@ -26,21 +25,28 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = sorted(p.name for p in (ROOT / "scripts").glob("*.py") if not p.name.startswith("_"))
-# Scripts that import TensorFlow before parsing flags, less train.py.
-SLOW = {"finetune.py", "finetune_experiment.py", "soak.py"}
+# The scripts of the repository (the commands' and the lab's), as paths from
+# its root: how the README and lab/README.md write them.
+SCRIPTS = sorted(
+    p.relative_to(ROOT).as_posix()
+    for directory in ("scripts", "lab")
+    for p in (ROOT / directory).glob("*.py")
+    if not p.name.startswith("_")
+)
+# The slowest to start (TensorFlow, TFDS and more before parsing flags).
+SLOW = {"scripts/finetune.py", "lab/finetune_experiment.py", "lab/soak.py"}
 QUICK = [script for script in SCRIPTS if script not in SLOW]
 
 
 @pytest.fixture(scope="module")
 def outputs():
-    """{(script, option): CompletedProcess} of `python scripts/<script> <option>`
+    """{(script, option): CompletedProcess} of `python <script> <option>`
     run from the repository root, as the README writes the commands."""
     environment = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
 
     def run(script, option):
         return subprocess.run(
-            [sys.executable, f"scripts/{script}", option],
+            [sys.executable, script, option],
             cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300,
         )
 
@@ -67,17 +73,21 @@ def _flags_by_module(help_text):
 
 def _is_the_scripts_own(module, script):
     return (
-        module == f"scripts/{script}"
+        module == script
         or module.startswith("normzoo.")
-        or (ROOT / "scripts" / f"{module}.py").exists()
+        or (ROOT / script).with_name(f"{module}.py").exists()
     )
 
 
 def test_every_script_is_covered_and_parses_its_flags_with_app_run():
-    assert len(SCRIPTS) >= 11 and {"train.py", "finetune.py"} <= set(SCRIPTS) and SLOW < set(SCRIPTS)
+    assert len(SCRIPTS) >= 12 and {"scripts/train.py", "scripts/finetune.py"} <= set(SCRIPTS)
+    assert SLOW < set(SCRIPTS)
     for script in SCRIPTS:
-        source = (ROOT / "scripts" / script).read_text()
-        assert "\n    _app.run(" in source and "app.run(" not in source.replace("_app.run(", ""), script
+        source = (ROOT / script).read_text()
+        # normzoo.commands.app.run, directly or through a command's main.
+        runs = re.findall(r"\n    (\w+)\.(run|main)\(", source)
+        assert runs in ([("command_app", "run")], [("train", "main")], [("finetune", "main")]), script
+        assert "from normzoo.commands import " in source, script
 
 
 @pytest.mark.parametrize(
@@ -97,15 +107,15 @@ def test_help_lists_exactly_the_scripts_own_flags_with_their_help(outputs, scrip
     result = outputs[script, option]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     listed = _flags_by_module(result.stdout)
-    assert list(listed) == [f"scripts/{script}"], result.stdout
-    assert listed[f"scripts/{script}"] == own
+    assert list(listed) == [script], result.stdout
+    assert listed[script] == own
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_shows_the_docstring_as_written_with_its_example(outputs, script):
-    source = (ROOT / "scripts" / script).read_text()
+    source = (ROOT / script).read_text()
     docstring = re.match(r'r?"""(.*?)"""', source, re.DOTALL).group(1)
-    assert f"python scripts/{script}" in docstring  # every script shows how to run it
+    assert f"python {script}" in docstring  # every script shows how to run it
     assert outputs[script, "--help"].stdout.startswith(docstring)
 
 
@@ -114,5 +124,5 @@ def test_an_unknown_flag_points_to_help(outputs, script):
     result = outputs[script, "--no_such_flag"]
     assert result.returncode == 2  # a usage error
     assert "Unknown command line flag 'no_such_flag'" in result.stderr
-    assert f"Pass --help to see the flags of scripts/{script}" in result.stderr
+    assert f"Pass --help to see the flags of {script}" in result.stderr
     assert "Traceback" not in result.stderr, result.stderr[-3000:]

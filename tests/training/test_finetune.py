@@ -1,6 +1,6 @@
 """Fine-tuning from an init checkpoint: every variable restored (BatchNorm
 moving statistics included), a new classifier for a new number of classes,
-the three BatchNorm modes, article 002's trainable-only restore, resumption,
+the BatchNorm modes, resumption,
 clear errors, and scripts/finetune.py end to end.
 
 The init checkpoint is a WRN-10-1 with a 7-class classifier and random
@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 from normzoo import bn, data, layers, models
-from normzoo.training import ConfigError, evaluate_batch_dependence, finetune, train
+from normzoo.training import ConfigError, finetune, train
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "finetune.py"
 CHECKPOINT_CLASSES = 7
@@ -166,7 +166,14 @@ def test_bn_train_updates_the_restored_statistics(tmp_path, init_checkpoint, ref
     # (measured within 3.4e-7; that difference is 0.16 or more in every
     # statistic, and 0 for a run that did not restore the statistics, which
     # "differs from the checkpoint" alone could not tell).
-    unrestored = train(tiny_config(tmp_path / "unrestored", init_checkpoint, bn="train", init_variables="trainable"))
+    unrestored_checkpoint = tmp_path / "unrestored.weights.h5"
+    model = _wrn(CHECKPOINT_CLASSES)
+    model.load_weights(init_checkpoint)
+    for layer in _batch_norms(model):
+        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape))
+        layer.moving_variance.assign(np.ones(layer.moving_variance.shape))
+    model.save_weights(unrestored_checkpoint)
+    unrestored = train(tiny_config(tmp_path / "unrestored", unrestored_checkpoint, bn="train"))
 
     steps = result.metrics["steps"]
     for layer, other in zip(_batch_norms(result.model), _batch_norms(unrestored.model)):
@@ -181,35 +188,6 @@ def test_bn_train_updates_the_restored_statistics(tmp_path, init_checkpoint, ref
                 rtol=0, atol=1e-5, err_msg=variable.path,
             )
     assert bn.audit(result.model) == []
-
-
-def test_trainable_only_restore_leaves_initial_statistics_that_audit_names(
-    tmp_path, init_checkpoint, reference, tiny_config
-):
-    # Article 002's restore, with BatchNorm in inference mode while fine-tuning.
-    config = tiny_config(tmp_path, init_checkpoint, init_variables="trainable", bn="frozen_stats")
-    result = train(config)
-
-    norms = [layer.name for layer in _batch_norms(result.model)]
-    for layer in _batch_norms(result.model):
-        np.testing.assert_array_equal(layer.moving_mean.numpy(), np.zeros(layer.moving_mean.shape))
-        np.testing.assert_array_equal(layer.moving_variance.numpy(), np.ones(layer.moving_variance.shape))
-    assert [p.layer for p in bn.audit(result.model)] == norms
-    assert [p.layer for p in result.initialization.audit] == norms
-    written = json.loads((tmp_path / "restore_report.json").read_text())
-    statistics = sorted(path for path in reference if path.endswith(STATISTICS))
-    assert sorted(written["report"]["unrestored_statistics"]) == statistics
-    assert sorted(written["report"]["skipped"]) == sorted([*statistics, *HEAD])
-    trainable_body = [p for p in reference if not p.endswith(STATISTICS) and p.split("/")[0] != "predictions"]
-    assert sorted(written["report"]["restored"]) == sorted(trainable_body)
-    # What the run started from (training has changed it since): the
-    # checkpoint's trainable variables, as Keras reads them.
-    model = _wrn(10)
-    source = finetune.read_init_checkpoint(str(init_checkpoint), "batch")
-    finetune.initialize(model, str(init_checkpoint), source, init_variables="trainable")
-    for variable in model.trainable_weights:
-        if variable.path in trainable_body:
-            np.testing.assert_array_equal(variable.numpy(), reference[variable.path], err_msg=variable.path)
 
 
 def test_resuming_an_interrupted_finetune_continues_from_its_own_checkpoint(
@@ -304,7 +282,6 @@ def test_a_checkpoint_of_another_norm_names_the_norm_to_pass(tmp_path, tiny_conf
     [
         (dict(norm="layer", bn="frozen_stats"), "norm='layer' has none"),
         (dict(init_checkpoint=None, bn="frozen"), "without init_checkpoint"),
-        (dict(init_checkpoint=None, init_variables="trainable"), "applies to a run with init_checkpoint"),
         (dict(bn="frozen_statistics"), "choose one of train, frozen_stats, frozen"),
         (dict(num_classes=5), "smaller than the 10 classes"),
     ],
@@ -348,33 +325,3 @@ def test_finetune_script_runs_end_to_end(tmp_path, init_checkpoint, reference):
     trained.load_weights(model_dir / "model.weights.h5")
     for path, value in _values(trained, STATISTICS).items():
         np.testing.assert_array_equal(value, reference[path], err_msg=path)
-
-
-def test_batch_dependence_inference_is_batch_independent_and_batch_statistics_are_not(
-    init_checkpoint,
-):
-    model = _wrn(10)
-    finetune.initialize(model, str(init_checkpoint), finetune.read_init_checkpoint(str(init_checkpoint), "batch"))
-    before = [v.numpy() for v in model.weights]
-
-    accuracy = evaluate_batch_dependence(model, "digits", batch_size=16)
-
-    for variable, value in zip(model.weights, before):
-        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
-    images, labels = zip(*((x.numpy(), y.numpy()) for x, y in data.load("digits", "test", global_batch_size=360, training=False)))
-    images, labels = np.concatenate(images), np.concatenate(labels)
-    # Inference: each prediction on its own (the whole split in one call).
-    expected = np.mean(np.argmax(model(images, training=False).numpy(), -1) == labels)
-    assert accuracy["mixed"]["inference"] == pytest.approx(expected, abs=1e-12)
-    assert accuracy["single_class"]["inference"] == pytest.approx(expected, abs=1e-12)
-    # Batch statistics: each single-class batch normalized with its own
-    # statistics, as Keras' training-mode call computes them.
-    correct = 0
-    for batch_images, batch_labels in data.load(
-        "digits", "test", global_batch_size=16, training=False, single_class_batches=True
-    ):
-        logits = model(batch_images, training=True).numpy()
-        correct += np.sum(np.argmax(logits, -1) == batch_labels.numpy())
-    for variable, value in zip(model.weights, before):
-        variable.assign(value)
-    assert accuracy["single_class"]["batch_statistics"] == pytest.approx(correct / len(labels), abs=1e-12)

@@ -1,0 +1,48 @@
+"""The checkpoints that ship with normzoo, restored by name.
+
+    normzoo.build("resnet20", weights="resnet20_batch_digits")
+    normzoo.checkpoints.restore(model, "resnet20_layer_digits")
+    normzoo-finetune --init_checkpoint=resnet20_skipinit_digits
+
+The repository's checkpoints/ (made by scripts/publish_checkpoint.py: the
+files and a manifest.json with each file's sha256 and how it was trained)
+travels in the wheel as normzoo/_shipped. Wherever a checkpoint path is
+taken, the name of one of them (its manifest "name") is taken too, when no
+file or directory of that name exists; reading it checks its sha256
+against the manifest (`normzoo.checkpoints.integrity`).
+"""
+
+import json
+import os
+
+from normzoo.checkpoints import integrity
+
+DIRECTORY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_shipped")
+
+
+def shipped():
+    """The manifest entries of the shipped checkpoints, in its order: dicts
+    with "name", "file", "sha256", "model", "norm", "dataset",
+    "test_accuracy", the command that trained it, ... (a copy; empty when
+    the install has none)."""
+    try:
+        with open(os.path.join(DIRECTORY, integrity.MANIFEST)) as file:
+            return json.load(file)
+    except FileNotFoundError:
+        return []
+
+
+def names():
+    """The names of the shipped checkpoints."""
+    return [entry["name"] for entry in shipped()]
+
+
+def resolve(path):
+    """`path` itself, unless no file or directory `path` exists and it is the
+    name of a shipped checkpoint: then that checkpoint's file."""
+    if os.path.exists(path) or os.path.exists(f"{path}.index"):
+        return path
+    for entry in shipped():
+        if entry["name"] == path:
+            return os.path.join(DIRECTORY, entry["file"])
+    return path
