@@ -34,7 +34,7 @@ def main(argv):
     del argv
     if os.environ.get("KERAS_BACKEND") != "jax":
         sys.exit("The GPU check runs under Keras' JAX backend: set KERAS_BACKEND=jax.")
-    from normzoo import gpu_check  # noqa: PLC0415 (after the backend check: Keras reads it on import)
+    from normzoo_lab import gpu_check  # noqa: PLC0415 (after the backend check: Keras reads it on import)
 
     record = gpu_check.run(gpu_check.TINY if _TINY.value else gpu_check.FULL)
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)

@@ -11,14 +11,31 @@ through `require_tensorflow`.
 
 import importlib.util
 
-import keras
+
+class BackendError(RuntimeError):
+    """A TensorFlow-only feature was used under another Keras backend or
+    without TensorFlow, or Keras' backend is not installed."""
+
+
+# Keras imports its backend's framework when it is first imported: in a
+# JAX-only install without KERAS_BACKEND=jax that is TensorFlow (Keras'
+# default), which is not there.
+_EXTRAS = {"tensorflow": "tensorflow", "jax": "jax", "jaxlib": "jax", "torch": "torch"}
+try:
+    import keras
+except ModuleNotFoundError as error:
+    missing = (error.name or "").split(".")[0]
+    if missing not in _EXTRAS:
+        raise
+    raise BackendError(
+        f"Keras cannot start: its backend needs {missing!r}, which is not installed. Choose "
+        f"the backend you installed with KERAS_BACKEND (jax, torch or tensorflow), set before "
+        f"Keras is first imported, or install this one: pip install "
+        f"\"normzoo[{_EXTRAS[missing]}]\"."
+    ) from error
 
 BACKEND = keras.backend.backend()
 TENSORFLOW = BACKEND == "tensorflow"
-
-
-class BackendError(RuntimeError):
-    """A TensorFlow-only feature was used under another Keras backend."""
 
 
 def require_tensorflow(feature):
@@ -44,6 +61,8 @@ def require_installed_tensorflow(feature):
     if not installed:
         raise BackendError(
             f"{feature} needs TensorFlow, which cannot be imported here (this process runs "
-            f"Keras on {BACKEND!r}). Install TensorFlow (pip install tensorflow) and run with "
-            f"KERAS_BACKEND=tensorflow, set before Keras is first imported."
+            f"Keras on {BACKEND!r}). Install normzoo's TensorFlow stack with "
+            f"pip install \"normzoo[tensorflow]\" (TensorFlow, TFDS, TensorBoard, "
+            f"scikit-learn) and run with KERAS_BACKEND=tensorflow, set before Keras is first "
+            f"imported."
         )

@@ -28,7 +28,7 @@ and still trains, and predicts badly.
 from normzoo.checkpoints.keras_files import save_weights
 from normzoo.checkpoints.report import RestoreError, RestoreReport, ShapeMismatch
 from normzoo.checkpoints.restore import read, restore
-from normzoo.checkpoints.shipped import shipped
+from normzoo.checkpoints.shipped_files import shipped
 from normzoo.checkpoints.source import FORMATS
 
 __all__ = [

@@ -11,7 +11,7 @@ import re
 from absl import logging
 
 from normzoo import models, naming
-from normzoo.checkpoints import integrity
+from normzoo.checkpoints import integrity, shipped_files
 from normzoo.checkpoints.restore import read, restore_source
 from normzoo.checkpoints.source import stem_kernel
 from normzoo.models import resnet
@@ -133,15 +133,17 @@ def build(name, *, weights=None, norm=None, num_classes=None, input_shape=None, 
 
 def _check_weights(name, weights):
     """Raises TypeError unless `weights` is a path, and ValueError, saying
-    where such files come from, for a word that names no file (Keras'
-    weights="imagenet")."""
+    where such files come from, for a word that names no file and no shipped
+    checkpoint (Keras' weights="imagenet")."""
     if not isinstance(weights, (str, os.PathLike)):
         raise TypeError(
             f"weights must be the path of a checkpoint (str or os.PathLike) or None; got "
             f"{weights!r} of type {type(weights).__name__}."
         )
     weights = os.fspath(weights)
-    if not re.fullmatch(r"\w+", weights) or os.path.exists(weights) or os.path.exists(f"{weights}.index"):
+    if not re.fullmatch(r"\w+", weights) or weights in shipped_files.names():
+        return
+    if os.path.exists(weights) or os.path.exists(f"{weights}.index"):
         return
     if name in _KERAS_APPLICATIONS_MODELS:
         file_name = integrity.keras_applications_file(name)
@@ -158,9 +160,9 @@ def _check_weights(name, weights):
             f"torchvision and timm publish ImageNet weights for their ResNets (timm's on the "
             f"Hugging Face Hub as model.safetensors, e.g. timm/resnet50.a1_in1k); "
             f"keras.applications publishes ImageNet weights for "
-            f"{', '.join(_KERAS_APPLICATIONS_MODELS)} only (not {name}); normzoo's own "
-            f"checkpoints are in the repository's checkpoints/ (see its manifest.json), and "
-            f"scripts/train.py makes more. Pass the path of such a file: "
+            f"{', '.join(_KERAS_APPLICATIONS_MODELS)} only (not {name}); normzoo ships "
+            f"{', '.join(shipped_files.names())} (pass the name), and normzoo-train makes more. "
+            f"Pass the path of such a file: "
             f"normzoo.build({name!r}, weights='/path/to/model.weights.h5')."
         )
     raise ValueError(

@@ -10,7 +10,7 @@ import numpy as np
 
 from normzoo import backends, naming
 from normzoo._keras_graph import leaf_layers
-from normzoo.checkpoints import integrity, keras_files, provenance, shipped, torch_files
+from normzoo.checkpoints import integrity, keras_files, provenance, shipped_files, torch_files
 from normzoo.checkpoints.report import RestoreError, RestoreReport, ShapeMismatch
 from normzoo.checkpoints.source import FORMATS
 
@@ -121,7 +121,7 @@ def read(path):
     checking its bytes against every checksum or hash there is for them (see
     `restore`); raises `RestoreError` as `restore` does for a file it cannot
     read or that fails a check."""
-    path = shipped.resolve(os.fspath(path))
+    path = shipped_files.resolve(os.fspath(path))
     prefix = _tf_prefix(path)
     if os.path.isdir(path) or prefix is not None:
         backends.require_tensorflow(f"Reading the TensorFlow checkpoint at {path}")
@@ -133,7 +133,7 @@ def read(path):
         raise RestoreError(
             f"No checkpoint at {path}: no such file, directory or TensorFlow checkpoint "
             f"prefix ({path}.index does not exist either). Check the path, or name a "
-            f"checkpoint shipped with normzoo: {', '.join(shipped.names())}."
+            f"checkpoint shipped with normzoo: {', '.join(shipped_files.names())}."
         )
     if h5py.is_hdf5(path):
         reader = keras_files.read_h5

@@ -70,15 +70,22 @@ def test_normzoo_its_layers_models_bn_and_checkpoints_import_and_run_without_ten
             try:
                 __import__(f"normzoo.{name}")
             except normzoo.backends.BackendError as error:
-                print(name, "pip install tensorflow" in str(error))
+                print(name, 'pip install "normzoo[tensorflow]"' in str(error))
         try:
             normzoo.data
         except normzoo.backends.BackendError:
             print("normzoo.data BackendError")
+        # A command ends with one line naming the extra to install.
+        from normzoo.commands import train
+        sys.argv = ["normzoo-train"]
+        try:
+            train.main()
+        except SystemExit as exit:
+            print("exit", exit.code)
         """
     )
     assert out.splitlines() == [
-        "(8, 10) True", "False", "data True", "training True", "normzoo.data BackendError"
+        "(8, 10) True", "False", "data True", "training True", "normzoo.data BackendError", "exit 1"
     ]
 
 
@@ -90,7 +97,7 @@ def test_the_gpu_check_runs_without_tensorflow_at_tiny_size(tmp_path, run_withou
     run_without_tensorflow(
         f"""
         import runpy
-        sys.path.insert(0, "scripts")  # as `python lab/gpu_check.py` has it
+        sys.path.insert(0, "lab")  # as `python lab/gpu_check.py` has it
         sys.argv = ["gpu_check.py", "--tiny", "--output={output}"]
         runpy.run_path("lab/gpu_check.py", run_name="__main__")
         """
