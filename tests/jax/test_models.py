@@ -2,13 +2,22 @@
 norm, and `.weights.h5` files that move between TensorFlow and JAX
 processes with equal outputs."""
 
+import importlib.util
 import textwrap
 
 import keras
 import numpy as np
 import pytest
 
-from normzoo import backends, checkpoints, data, models, naming, training
+from normzoo import backends, checkpoints, models, naming
+
+# A JAX-only install (normzoo[jax]) has no TensorFlow: the tests that need it
+# beside JAX (a TensorFlow process, or the TensorFlow-only packages imported
+# under JAX) are skipped there, and run in the full test environment.
+needs_tensorflow = pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None,
+    reason="needs TensorFlow installed beside JAX (normzoo[tensorflow])",
+)
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="run with KERAS_BACKEND=jax (tests/test_backends.py)"
@@ -81,6 +90,7 @@ TENSORFLOW_SIDE = textwrap.dedent(
 )
 
 
+@needs_tensorflow
 def test_weights_files_move_between_tensorflow_and_jax_with_equal_outputs(tmp_path, run_python):
     norm = "batch"  # the norm with moving statistics, which training moves
 
@@ -119,7 +129,10 @@ def test_tensorflow_checkpoints_name_the_tensorflow_backend(tmp_path):
         checkpoints.restore(tiny_model("batch"), tmp_path)
 
 
+@needs_tensorflow
 def test_the_tensorflow_training_loop_and_input_pipeline_name_the_tensorflow_backend():
+    from normzoo import data, training
+
     model = tiny_model("batch")
     calls = [
         lambda: training.TrainStep(model, keras.optimizers.SGD(), None, 8, jit_compile=False),
