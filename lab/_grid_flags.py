@@ -2,8 +2,6 @@
 share (which normalizations, which data, the validation split, weight decay
 and seeds), and their common `main`: a learning-rate grid per cell."""
 
-import dataclasses
-
 from absl import flags
 
 FLAGS = flags.FLAGS
@@ -37,7 +35,7 @@ def define(norms):
     flags.DEFINE_float("weight_decay", 5e-4, "Decoupled weight decay.")
     flags.DEFINE_bool(
         "deterministic", True,
-        "Deterministic ops in every run (TrainConfig.deterministic): a cell repeats bit for "
+        "Deterministic ops in every run (TrainConfig.run.deterministic): a cell repeats bit for "
         "bit, so the spread between seeds is the seeds', not the machine's.",
     )
     define_integer_list(
@@ -82,10 +80,11 @@ def learning_rates():
 
 
 def base_config(**fields):
-    """A quiet `TrainConfig` with the shared flags' values and `fields`."""
+    """A quiet `TrainConfig` with the shared flags' values and `fields` (by
+    their flag names)."""
     from normzoo.training import TrainConfig
 
-    return TrainConfig(
+    return TrainConfig.from_flat(
         dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir,
         image_size=FLAGS.image_size,
@@ -123,7 +122,7 @@ def run_and_write(argv, cells, cell_keys, flag_names, markdown, claims, **record
     except ValueError as error:
         raise app.UsageError(f"--validation_fraction: {error}") from None
     grid = [
-        (labels, dataclasses.replace(config, train_split=train_split), rates)
+        (labels, config.replace(train_split=train_split), rates)
         for labels, config, rates in cells()
     ]
     seeds = [int(seed) for seed in FLAGS.seeds]

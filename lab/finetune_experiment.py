@@ -77,7 +77,7 @@ flags.DEFINE_string("output_dir", os.path.join(os.path.dirname(__file__), "resul
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_bool(
     "deterministic", True,
-    "Deterministic ops in every arm (TrainConfig.deterministic): an arm repeats bit for bit.",
+    "Deterministic ops in every arm (TrainConfig.run.deterministic): an arm repeats bit for bit.",
 )
 FLAGS = flags.FLAGS
 
@@ -151,7 +151,7 @@ def _init_checkpoint(entry, restore):
 
 
 def _finetune(entry, arm, settings):
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         model=entry["model"],
         norm=entry["norm"],
         dataset=entry["dataset"],

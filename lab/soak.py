@@ -90,8 +90,8 @@ def _batches(config):
     epoch = 0
     while True:
         dataset = data.load(
-            config.dataset, "train", global_batch_size=config.batch_size, training=True,
-            image_size=config.image_size, seed=epoch,
+            config.data.dataset, "train", global_batch_size=config.optimization.batch_size,
+            training=True, image_size=config.data.image_size, seed=epoch,
         )
         yield from dataset
         epoch += 1
@@ -99,13 +99,15 @@ def _batches(config):
 
 def soak(config, *, seconds, steps, warmup_steps, sample_steps, checkpoint_steps):
     """Trains as described above; returns the report (a dict)."""
-    info = data.info(config.dataset, image_size=config.image_size)
+    batch_size = config.optimization.batch_size
+    info = data.info(config.data.dataset, image_size=config.data.image_size)
     model = models.build(
-        config.model, norm=config.norm, num_classes=info.num_classes, input_shape=info.image_shape
+        config.model.model, norm=config.model.norm, num_classes=info.num_classes,
+        input_shape=info.image_shape,
     )
-    optimizer = make_optimizer(config, info.train_examples // config.batch_size)
+    optimizer = make_optimizer(config, info.train_examples // batch_size)
     optimizer.build(model.trainable_variables)
-    train_step = TrainStep(model, optimizer, tf.distribute.get_strategy(), config.batch_size, False)
+    train_step = TrainStep(model, optimizer, tf.distribute.get_strategy(), batch_size, False)
     directory = tempfile.mkdtemp(prefix="normzoo_soak_")
     manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=model, optimizer=optimizer), directory, max_to_keep=2
@@ -138,9 +140,9 @@ def soak(config, *, seconds, steps, warmup_steps, sample_steps, checkpoint_steps
     )
     mib = 2.0**20
     return {
-        "model": config.model,
-        "image_size": config.image_size,
-        "batch_size": config.batch_size,
+        "model": config.model.model,
+        "image_size": config.data.image_size,
+        "batch_size": batch_size,
         "warmup_steps": warmup_steps,
         "measured_steps": measured_steps,
         "seconds": time.monotonic() - start_time,
@@ -151,7 +153,7 @@ def soak(config, *, seconds, steps, warmup_steps, sample_steps, checkpoint_steps
         "growth_per_1000_steps_mib": (sample_rss[-1] - sample_rss[0]) / mib / max(measured_steps, 1) * 1000,
         "slope_per_1000_steps_mib": slope / mib * 1000,
         "median_growth_per_1000_steps_mib": median_growth / mib * 1000,
-        "input_batch_bytes": int(np.prod((config.batch_size, *info.image_shape))) * 4,
+        "input_batch_bytes": int(np.prod((batch_size, *info.image_shape))) * 4,
         "first_loss": losses[0],
         "last_loss": float(np.mean(losses[-sample_steps:])),
         "samples": [{"step": s, "rss_mib": r / mib} for s, r in samples],
@@ -170,7 +172,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     if FLAGS.seconds <= 0 and FLAGS.steps <= 0:
         raise app.UsageError("Give --seconds > 0 or --steps > 0.")
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         model=FLAGS.model, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
         schedule="constant", learning_rate=0.05, verbose=False,
     )

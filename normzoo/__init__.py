@@ -33,27 +33,33 @@ tests/test_architecture.py parses every import and holds the code to it.
     data/                TFDS datasets through one input pipeline
     naming.py            the layer-name rules that builders write and
                          checkpoint readers parse
-    _keras_graph.py      walking and rebuilding any Keras model (the Keras
-                         graph internals this needs, each wrapped once)
+    _keras_graph.py      walking and rebuilding any Keras model
     runtime.py           facts about the running TensorFlow (oneDNN)
     backends.py          the Keras backend of the process, and the error
                          of the TensorFlow-only features on another one
+    _tf_internals.py     the private TensorFlow and Keras APIs normzoo
+    _keras_internals.py  uses, each wrapped once (nothing else imports
+                         them; TensorFlow is imported on first use)
 
-The levels, bottom first: naming, runtime, _keras_graph, backends; layers,
-data; models; checkpoints, bn; training; commands; this file; __main__
+The levels, bottom first: _tf_internals, _keras_internals; naming,
+runtime, _keras_graph, backends; layers, data; models; checkpoints, bn;
+training; commands; this file; __main__
 (`import normzoo` gives layers, models, bn, checkpoints, and data on first
 use: it is TensorFlow's input pipeline, and `import normzoo` needs no
 TensorFlow). The measuring apparatus (benchmarks, experiments, analyses)
 is the lab, lab/ in the repository: it imports normzoo, never the
 reverse, and is not installed. A private Keras or TensorFlow API is used
-only where no public one exists, in one small function whose comment
-names the version it was checked against (Keras 3.15.1, TF 2.21).
+only where no public one exists, in one small function of
+_keras_internals.py or _tf_internals.py whose docstring names the version
+it was checked against (Keras 3.15.1, TF 2.21).
 """
 
 __version__ = "0.1.0"
 
 import importlib  # noqa: E402
 
+# First: in an install without Keras' backend, the error says what to do.
+from normzoo import backends  # noqa: E402,F401
 from normzoo import layers  # noqa: E402,F401
 from normzoo import models  # noqa: E402,F401
 from normzoo import bn, checkpoints  # noqa: E402,F401

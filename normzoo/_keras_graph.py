@@ -5,24 +5,24 @@ model (nothing here knows the zoo).
 Keras 3 has no public API for four things they need: telling a graph model
 (Functional or Sequential) from a subclassed one, how often a layer is
 called and consumed in its graph, the shapes of each call, and running
-code around a layer's calls. Each use of a Keras internal is one small
-function here, checked against Keras 3.15.1; nothing else in normzoo
-touches them.
+code around a layer's calls. The Keras internals the first three read are
+wrapped in `normzoo._keras_internals`; the fourth relies on how Keras
+looks up a layer's `call` (see `intercepted_calls`).
 """
 
 import contextlib
 import functools
 
 import keras
-from keras.src.models.functional import Functional
+
+from normzoo import _keras_internals
 
 
 def is_graph_model(layer):
     """Whether `layer` is a Functional (`keras.Model(inputs, outputs)`) or
     Sequential model: a graph of layers that `keras.models.clone_model`
-    can rebuild. Keras exports no public name for the Functional class
-    (Keras 3.15.1: `keras.src.models.functional.Functional`)."""
-    return isinstance(layer, (Functional, keras.Sequential))
+    can rebuild."""
+    return _keras_internals.is_functional(layer) or isinstance(layer, keras.Sequential)
 
 
 def leaf_layers(model):
@@ -44,24 +44,10 @@ def graph_models(model):
             yield from graph_models(layer)
 
 
-def _calls(layer):
-    """The nodes of `layer`'s calls in its model's graph. Keras keeps them
-    in a private list with no public accessor (Keras 3.15.1:
-    `Operation._inbound_nodes`; a node's `input_tensors` and
-    `output_tensors` are the call's)."""
-    return layer._inbound_nodes
-
-
-def _consumers(layer):
-    """The nodes of the layer calls that take one of `layer`'s outputs
-    (Keras 3.15.1: `Operation._outbound_nodes`, private as `_calls`)."""
-    return layer._outbound_nodes
-
-
 def call_counts(layer):
     """(times `layer` is called in its model's graph, layer calls that take
     one of its outputs)."""
-    return len(_calls(layer)), len(_consumers(layer))
+    return len(_keras_internals.inbound_nodes(layer)), len(_keras_internals.outbound_nodes(layer))
 
 
 def call_shapes(layer):
@@ -70,7 +56,7 @@ def call_shapes(layer):
     `layer.input` and `layer.output` serve only a layer called once."""
     return [
         (node.input_tensors[0].shape, node.output_tensors[0].shape)
-        for node in _calls(layer)
+        for node in _keras_internals.inbound_nodes(layer)
         if node.input_tensors
     ]
 

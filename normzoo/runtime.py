@@ -4,23 +4,24 @@ tf.functions that each object makes for itself, and deterministic ops for
 the span of a run.
 
 Importing this module does not import TensorFlow; each function does when
-called, so a JAX process may import it (the lab's benchmarks do)."""
+called, so a JAX process may import it (the lab's benchmarks do). The
+TensorFlow internals these need are wrapped in `normzoo._tf_internals`."""
 
 import contextlib
+
+from normzoo import _tf_internals
 
 
 def onednn_enabled():
     """Whether TensorFlow runs its oneDNN CPU kernels in this process (what it
     decided from TF_ENABLE_ONEDNN_OPTS and the CPU; None if unknown).
 
-    TensorFlow exposes the decision only through a private binding (TF 2.21:
-    `tensorflow.python.util._pywrap_util_port.IsMklEnabled`); another
-    version without it gives None rather than an error.
+    TensorFlow exposes the decision only through a private binding
+    (`normzoo._tf_internals.mkl_enabled`); another version without it gives
+    None rather than an error.
     """
     try:
-        from tensorflow.python.util import _pywrap_util_port  # noqa: PLC0415
-
-        return bool(_pywrap_util_port.IsMklEnabled())
+        return _tf_internals.mkl_enabled()
     except (ImportError, AttributeError):
         return None
 
@@ -32,20 +33,20 @@ def deterministic_ops(enabled=True):
     same inputs give bit-identical outputs, and an op without a
     deterministic kernel raises rather than run); on exit the process's
     previous setting is back. TensorFlow has no public way to read or undo
-    the setting (TF 2.21: `is_op_determinism_enabled` and
-    `disable_op_determinism` of `tensorflow.python.framework.config`)."""
+    the setting (`normzoo._tf_internals.op_determinism_enabled` and
+    `disable_op_determinism`)."""
     if not enabled:
         yield
         return
-    from tensorflow.python.framework import config  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
 
-    previous = config.is_op_determinism_enabled()
-    config.enable_op_determinism()
+    previous = _tf_internals.op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
     try:
         yield
     finally:
         if not previous:
-            config.disable_op_determinism()
+            _tf_internals.disable_op_determinism()
 
 
 def own_function(python_function, **options):
@@ -55,10 +56,9 @@ def own_function(python_function, **options):
     together: a model's fifth BatchNorm, or the fifth short run of an
     experiment in one process, would log "triggered tf.function retracing"
     though nothing retraces. Such a function omits that warning, as
-    TensorFlow's own restored functions do (a private attribute, TF 2.21:
-    `_omit_frequent_tracing_warning`; the tests fail if it stops working)."""
+    TensorFlow's own restored functions do (a private attribute:
+    `normzoo._tf_internals.omit_frequent_tracing_warning`; the tests fail
+    if it stops working)."""
     import tensorflow as tf  # noqa: PLC0415
 
-    function = tf.function(python_function, **options)
-    function._omit_frequent_tracing_warning = True
-    return function
+    return _tf_internals.omit_frequent_tracing_warning(tf.function(python_function, **options))

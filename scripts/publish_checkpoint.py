@@ -12,7 +12,6 @@ tensors' checksums and the manifest's sha256.
     python scripts/publish_checkpoint.py --model_dir=runs/resnet20_layer --name=resnet20_layer_digits
 """
 
-import dataclasses
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ def command_line(config):
     """The scripts/train.py command that reproduces `config` (non-defaults only)."""
     from normzoo.training import TrainConfig
 
-    defaults = dataclasses.asdict(TrainConfig())
+    defaults = TrainConfig().flat()
     parts = ["python scripts/train.py"]
     for name, value in config.items():
         if name in ("verbose", "model_dir") or value == defaults.get(name):

@@ -128,7 +128,8 @@ def mirrored_strategy():
 @pytest.fixture(scope="session")
 def tiny_config():
     """tiny_config(model_dir, init_checkpoint=None, **overrides): a
-    `TrainConfig` of WRN-10-1 (one block per stage) on native 8x8 digits, 2
+    `TrainConfig` (`overrides`: fields by their flag names, as
+    `TrainConfig.from_flat` takes them) of WRN-10-1 (one block per stage) on native 8x8 digits, 2
     epochs of 3 steps: seconds per run, for the tests of the training loop,
     fine-tuning and checkpoints."""
     from normzoo.training import TrainConfig
@@ -148,7 +149,7 @@ def tiny_config():
             verbose=False,
         )
         values.update(overrides)
-        return TrainConfig(**values)
+        return TrainConfig.from_flat(**values)
 
     return make
 

@@ -1,5 +1,6 @@
-"""normzoo's imports run one way: down the levels of `LEVELS`; and the lab
-(lab/) imports the library, never the reverse.
+"""normzoo's imports run one way: down the levels of `LEVELS`; the lab
+(lab/) imports the library, never the reverse; and only the wrapper
+modules (`WRAPPERS`) import TensorFlow's or Keras' private modules.
 
 The package's source is parsed with `ast` (nothing is imported), and every
 import counts: at module level, inside functions and under `if`/`try`. A
@@ -19,7 +20,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "normzoo"
 
 # The levels, bottom first; each entry is a package or module of normzoo.
 LEVELS = (
-    # Rules and helpers that import nothing from normzoo.
+    # The private TensorFlow and Keras APIs normzoo uses, each wrapped once.
+    ("normzoo._tf_internals", "normzoo._keras_internals"),
+    # Rules and helpers.
     ("normzoo.naming", "normzoo.runtime", "normzoo._keras_graph", "normzoo.backends"),
     ("normzoo.layers", "normzoo.data"),
     ("normzoo.models",),
@@ -223,3 +226,87 @@ def test_an_import_of_the_lab_is_found_in_any_form(tmp_path):
         f"{pathlib.Path('pkg', 'a.py')}:2: normzoo_lab",
         f"{pathlib.Path('pkg', 'b.py')}:2: _grid_flags",
     ]
+
+
+# The modules that wrap the private TensorFlow and Keras APIs normzoo uses.
+WRAPPERS = ("normzoo._tf_internals", "normzoo._keras_internals")
+# Packages of other projects that are private as a whole (a private module
+# elsewhere has a name part that starts with "_": `jax._src`).
+PRIVATE_PACKAGES = ("tensorflow.python", "keras.src", "tf_keras.src")
+
+
+def _is_private(name):
+    parts = name.split(".")
+    return any(name == p or name.startswith(f"{p}.") for p in PRIVATE_PACKAGES) or any(
+        part.startswith("_") and not part.startswith("__") for part in parts
+    )
+
+
+def private_imports(root, allowed=()):
+    """["path:line: name"] for every import of another project's private
+    module or name by a module of the package at `root` outside `allowed`
+    (module names): `import`, `from ... import` (a private module, or a
+    private name of a public one) and `importlib.import_module("...")`,
+    anywhere in the module."""
+    package = root.name
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if _module_name(path, root) in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, (ast.Attribute, ast.Name))
+                and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                names = [node.args[0].value]
+            else:
+                continue
+            found += [
+                f"{path.relative_to(root.parent)}:{node.lineno}: {name}"
+                for name in names
+                if name.split(".")[0] != package and _is_private(name)
+            ]
+    return found
+
+
+def test_only_the_wrapper_modules_import_private_tensorflow_or_keras_modules():
+    found = private_imports(PACKAGE, WRAPPERS)
+    assert not found, (
+        "wrap each private API once, in normzoo/_tf_internals.py or normzoo/_keras_internals.py, "
+        "in a function whose docstring names the version checked:\n" + "\n".join(found)
+    )
+
+
+def test_the_wrapper_modules_are_where_the_private_imports_are():
+    wrapped = private_imports(PACKAGE)
+    assert {line.split(":")[0] for line in wrapped} == {
+        str(pathlib.Path("normzoo", f"{module.split('.')[1]}.py")) for module in WRAPPERS
+    }
+
+
+@pytest.mark.parametrize(
+    "text, name",
+    [
+        ("import tensorflow.python.ops\n", "tensorflow.python.ops"),
+        ("from tensorflow.python.eager import context\n", "tensorflow.python.eager"),
+        ("def f():\n    from keras.src.models import Functional\n", "keras.src.models"),
+        ("try:\n    import jax._src.core\nexcept ImportError:\n    pass\n", "jax._src.core"),
+        ("from tensorflow.python import pywrap_tfe\n", "tensorflow.python"),
+        ("from keras import _private_name\n", "keras._private_name"),
+        ("import importlib\nimportlib.import_module('keras.src.ops')\n", "keras.src.ops"),
+    ],
+)
+def test_a_private_import_is_found_in_any_form(tmp_path, text, name):
+    _write(tmp_path / "pkg", {"__init__.py": "from pkg import _own\n", "_own.py": "", "user.py": text})
+    found = private_imports(tmp_path / "pkg")
+    assert found and all(line.startswith(f"{pathlib.Path('pkg', 'user.py')}:") for line in found)
+    assert any(line.endswith(f": {name}") for line in found), found
+    assert private_imports(tmp_path / "pkg", allowed=("pkg.user",)) == []

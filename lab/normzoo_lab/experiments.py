@@ -1,7 +1,7 @@
 """Grids of training runs, learning rates tuned per cell, and their result
 tables, for the experiment scripts.
 
-    base = TrainConfig(model="wrn_16_2", epochs=3, verbose=False)
+    base = TrainConfig.from_flat(model="wrn_16_2", epochs=3, verbose=False)
     train_split, validation_split = validation_splits("digits", 0.2)
     cells = [
         ({"norm": v}, with_norm(base, v, train_split=train_split), [0.05, 0.1, 0.2])
@@ -27,7 +27,6 @@ lab/depth_sweep.py and lab/batch_size_sensitivity.py publish under
 lab/results/ (matplotlib is the "plot" extra).
 """
 
-import dataclasses
 import json
 import math
 import os
@@ -48,7 +47,8 @@ DIVERGED = "diverged"
 # The initial SkipInit scalar of "skipinit_rsqrt": 1/sqrt(d) for d blocks.
 RSQRT_BLOCKS = "1/sqrt(blocks)"
 
-# The normalizations the experiments compare, by label: TrainConfig fields.
+# The normalizations the experiments compare, by label: TrainConfig fields
+# (by their flag names).
 NORM_VARIANTS = {
     "batch": {"norm": "batch", "skipinit_alpha": None},
     "layer": {"norm": "layer", "skipinit_alpha": None},
@@ -61,8 +61,9 @@ NORM_VARIANTS = {
 
 def with_norm(config, variant, *, num_blocks=None, **changes):
     """`config` with the normalization `NORM_VARIANTS[variant]` and any other
-    field `changes`. "skipinit_rsqrt" (SkipInit's other safe start, alpha =
-    1/sqrt(d)) needs the model's number of residual blocks `num_blocks`."""
+    field `changes` (by flag name, as `TrainConfig.replace` takes them).
+    "skipinit_rsqrt" (SkipInit's other safe start, alpha = 1/sqrt(d)) needs
+    the model's number of residual blocks `num_blocks`."""
     if variant not in NORM_VARIANTS:
         raise ValueError(
             f"Unknown normalization variant {variant!r}; choose from {', '.join(NORM_VARIANTS)}."
@@ -75,7 +76,7 @@ def with_norm(config, variant, *, num_blocks=None, **changes):
                 "model's number of residual blocks (normzoo.models.wide_resnet.num_blocks)."
             )
         fields["skipinit_alpha"] = 1.0 / math.sqrt(num_blocks)
-    return dataclasses.replace(config, **fields, **changes)
+    return config.replace(**fields, **changes)
 
 
 def validation_splits(dataset, fraction, *, data_dir=None):
@@ -101,16 +102,16 @@ def validation_splits(dataset, fraction, *, data_dir=None):
 
 def evaluate_split(model, config, split):
     """{"loss", "accuracy"} of a trained `model` on `split` of
-    `config.dataset`, preprocessed as the training loop evaluates (no
-    augmentation, batches of `config.batch_size`)."""
+    `config.data.dataset`, preprocessed as the training loop evaluates (no
+    augmentation, batches of `config.optimization.batch_size`)."""
     batches = data.load(
-        config.dataset,
+        config.data.dataset,
         split,
-        data_dir=config.data_dir,
-        global_batch_size=config.batch_size,
+        data_dir=config.data.data_dir,
+        global_batch_size=config.optimization.batch_size,
         training=False,
-        image_size=config.image_size,
-        invert=config.invert_images,
+        image_size=config.data.image_size,
+        invert=config.data.invert_images,
     )
     return steps.evaluate(steps.EvalStep(model, tf.distribute.get_strategy()), batches)
 
@@ -121,10 +122,10 @@ def run_cell(labels, config, *, validation_split=None, log=print):
     Args:
         labels: A dict naming the cell (e.g. {"depth": 16, "norm": "batch"});
             copied into the row.
-        config: A `normzoo.training.TrainConfig`; its `model_dir` is replaced
-            by a fresh temporary directory, deleted afterwards.
-        validation_split: A split of `config.dataset` to evaluate the trained
-            model on as well (see `validation_splits`), or None.
+        config: A `normzoo.training.TrainConfig`; its `run.model_dir` is
+            replaced by a fresh temporary directory, deleted afterwards.
+        validation_split: A split of `config.data.dataset` to evaluate the
+            trained model on as well (see `validation_splits`), or None.
         log: Called with one line per finished cell; None for silence.
 
     Returns:
@@ -140,7 +141,7 @@ def run_cell(labels, config, *, validation_split=None, log=print):
     started = time.time()
     row = dict(labels)
     with tempfile.TemporaryDirectory(prefix="normzoo_grid_") as model_dir:
-        cell_config = dataclasses.replace(config, model_dir=model_dir)
+        cell_config = config.replace(model_dir=model_dir)
         try:
             result = loop.train(cell_config)
         except loop.TrainingDiverged as error:
@@ -206,7 +207,7 @@ def run_rate_grid(cells, seeds, *, validation_split, log=print):
         def run(rate, seed):
             return run_cell(
                 {**labels, "learning_rate": rate, "seed": seed},
-                dataclasses.replace(config, learning_rate=rate, seed=seed),
+                config.replace(learning_rate=rate, seed=seed),
                 validation_split=validation_split,
                 log=log,
             )

@@ -29,9 +29,7 @@ import os
 
 import numpy as np
 
-# Read by `_distributed_files` only: see there.
-from keras.src.applications.resnet import BASE_WEIGHTS_PATH, WEIGHTS_HASHES
-
+from normzoo import _keras_internals
 from normzoo.checkpoints.report import RestoreError
 
 FILE_ATTRIBUTE = "normzoo_checksums"
@@ -68,14 +66,15 @@ def _distributed_files():
 
     Keras keeps their hashes nowhere public: this is the table that
     keras.applications' ResNet, ResNetV2 and ResNeXt builders check their
-    downloads against, and the address they download from (Keras 3.15.1:
-    `keras.src.applications.resnet.WEIGHTS_HASHES` and `BASE_WEIGHTS_PATH`).
+    downloads against, and the address they download from
+    (`normzoo._keras_internals.resnet_weights_hashes`).
     """
+    base_url, hashes = _keras_internals.resnet_weights_hashes()
     files = {}
-    for weights_name, (top_md5, notop_md5) in WEIGHTS_HASHES.items():
+    for weights_name, (top_md5, notop_md5) in hashes.items():
         for top, md5 in ((True, top_md5), (False, notop_md5)):
             name = keras_applications_file(weights_name, top=top)
-            files[name] = (md5, f"{BASE_WEIGHTS_PATH}{name}")
+            files[name] = (md5, f"{base_url}{name}")
     return files
 
 

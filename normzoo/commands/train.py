@@ -9,7 +9,6 @@ Re-running the same command resumes from the last checkpoint in --model_dir.
 The flags are those of `normzoo.training.cli` (the fields of `TrainConfig`).
 """
 
-import dataclasses
 import sys
 
 from normzoo import backends
@@ -29,7 +28,7 @@ def run(program, *, doc, defaults=None, finetune_flags=False):
     # normzoo.training imports TensorFlow: only once it is known to be there.
     from normzoo.training import TrainConfig, cli
 
-    cli.define_flags(dataclasses.replace(TrainConfig(), **(defaults or {})), finetune_flags=finetune_flags)
+    cli.define_flags(TrainConfig.from_flat(**(defaults or {})), finetune_flags=finetune_flags)
     app.run(cli.main, key_flags=cli, doc=doc)
 
 

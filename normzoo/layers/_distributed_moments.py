@@ -24,9 +24,7 @@ replica their average to normalize with in inference.
 
 import tensorflow as tf
 
-# No public equivalent: whether a graph is traced for XLA (jit_compile=True).
-from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
-
+from normzoo import _tf_internals
 from normzoo.layers._fused import selected_only
 from normzoo.layers._statistics import corrected, shifted_moments
 
@@ -59,10 +57,10 @@ def _collective(context, collective):
     return _outside_xla_clusters(collective)
 
 
-def _in_xla_context():
+def _compiled_whole():
     """True while tracing a function that XLA compiles whole (jit_compile=True,
     or a TPU computation); not in a jit_scope."""
-    return GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    return _tf_internals.compiled_whole(tf.compat.v1.get_default_graph())
 
 
 def _refuse_whole_function_xla_without_collectives(context):
@@ -74,7 +72,7 @@ def _refuse_whole_function_xla_without_collectives(context):
     # XLA and handles its collectives itself.)
     strategy = context.strategy
     mirrored = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
-    if isinstance(strategy, mirrored) and _in_xla_context() and strategy.extended._use_merge_call():
+    if isinstance(strategy, mirrored) and _compiled_whole() and _tf_internals.uses_merge_call(strategy):
         raise RuntimeError(
             "BatchNorm needs an all-reduce across the replicas here (to normalize with "
             "the average of the replicas' moving statistics, or, with synchronized=True, "
@@ -113,7 +111,7 @@ def replica_mean(context, variables):
     an inference step of 195 ms (lab/results/replica_statistics.py)."""
     strategy = context.strategy
     copies = [strategy.experimental_local_results(_distributed_variable(v)) for v in variables]
-    if _in_xla_context() or any(len(c) != context.num_replicas_in_sync for c in copies):
+    if _compiled_whole() or any(len(c) != context.num_replicas_in_sync for c in copies):
         return _all_reduce_mean(context, variables)
 
     def average():

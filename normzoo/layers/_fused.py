@@ -17,9 +17,8 @@ elementwise ops and reductions. Two adjustments keep normzoo's guarantees:
 import contextlib
 
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util
 
-from normzoo import runtime
+from normzoo import _tf_internals, runtime
 from normzoo.layers._statistics import corrected, shifted_moments, standardized
 
 DATA_FORMATS = {3: "NHWC", 1: "NCHW"}
@@ -87,23 +86,9 @@ def in_xla_context():
     if tf.executing_eagerly():
         return False
     graph = tf.compat.v1.get_default_graph()
-    return _compiled_whole(graph) or _in_compiling_jit_scope(graph)
-
-
-def _compiled_whole(graph):
-    """Whether `graph`, or a graph it is nested in, is compiled by XLA as a
-    whole. No public equivalent (TF 2.21:
-    `tensorflow.python.ops.control_flow_util.GraphOrParentsInXlaContext`)."""
-    return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
-
-
-def _in_compiling_jit_scope(graph):
-    """Whether the ops created now in `graph` are in a `jit_scope` that
-    compiles them: the scope marks them with the attribute "_XlaCompile" (a
-    callable decides op by op: then nothing is known here). No public
-    accessor (TF 2.21: `tf.Graph._attr_scope_map`)."""
-    compile_ops = graph._attr_scope_map.get("_XlaCompile")
-    return getattr(compile_ops, "b", False) is True
+    # A jit_scope whose compile_ops is a callable decides op by op: then
+    # nothing is known here.
+    return _tf_internals.compiled_whole(graph) or _tf_internals.jit_scope_compile_ops(graph) is True
 
 
 def batch_norm_training_composed(

@@ -1,21 +1,24 @@
 """The absl flags of scripts/train.py and scripts/finetune.py, defined once.
 
     from normzoo.training import cli
-    cli.define_flags(defaults=TrainConfig(...), finetune=True)
+    cli.define_flags(defaults=TrainConfig.from_flat(...), finetune_flags=True)
     app.run(cli.main)
 
-Every flag is a field of `TrainConfig`, with the same name; `main` turns
-the parsed flags into a `TrainConfig` and calls `train`.
+Every flag is a field of `TrainConfig` (in its group), with the same name:
+`TrainConfig.flat()`'s keys; `main` turns the parsed flags into a
+`TrainConfig` (`TrainConfig.from_flat`) and calls `train`.
 """
 
-import dataclasses
 import sys
+import types
 
 from absl import app, flags, logging
 
 from normzoo import data
 from normzoo.models import resnet
+from normzoo.naming import NORMS
 from normzoo.training import distribute, finetune, loop
+from normzoo.training.config import BN_MODES, INPUT_SHARDING, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig
 
 FLAGS = flags.FLAGS
 
@@ -31,9 +34,10 @@ def define_flags(defaults=None, *, finetune_flags=False):
     With `finetune_flags=True` also the fine-tuning flags: the required
     --init_checkpoint, --bn and --num_classes.
     """
-    d = defaults or loop.TrainConfig()
+    # The defaults by their flag names: d.model, d.epochs, ...
+    d = types.SimpleNamespace(**(defaults or TrainConfig()).flat())
     flags.DEFINE_string("model", d.model, "Model name (see normzoo.models.names()).")
-    flags.DEFINE_enum("norm", d.norm, loop.NORMS, "Normalization in every residual block.")
+    flags.DEFINE_enum("norm", d.norm, NORMS, "Normalization in every residual block.")
     flags.DEFINE_string("dataset", d.dataset, "TFDS dataset name; 'digits' is embedded.")
     flags.DEFINE_string("data_dir", d.data_dir, "TFDS data directory holding prepared datasets.")
     flags.DEFINE_integer("image_size", d.image_size or 0, "Resize images to this size (0: native).")
@@ -55,9 +59,9 @@ def define_flags(defaults=None, *, finetune_flags=False):
         "steps_per_epoch", d.steps_per_epoch or 0, "Steps per epoch (0: training examples // batch)."
     )
     flags.DEFINE_float("learning_rate", d.learning_rate, "Peak learning rate (global batch).")
-    flags.DEFINE_enum("schedule", d.schedule, loop.SCHEDULES, "Learning-rate schedule.")
+    flags.DEFINE_enum("schedule", d.schedule, SCHEDULES, "Learning-rate schedule.")
     flags.DEFINE_float("warmup_epochs", d.warmup_epochs, "Linear warm-up (cosine schedule).")
-    flags.DEFINE_enum("optimizer", d.optimizer, loop.OPTIMIZERS, "Optimizer.")
+    flags.DEFINE_enum("optimizer", d.optimizer, OPTIMIZERS, "Optimizer.")
     flags.DEFINE_float("weight_decay", d.weight_decay, "Decoupled weight decay (0: none).")
     flags.DEFINE_float("skipinit_alpha", d.skipinit_alpha, "Initial SkipInit scalar (--norm=skipinit only).")
     flags.DEFINE_enum("strategy", d.strategy, distribute.STRATEGIES, "tf.distribute strategy.")
@@ -68,7 +72,7 @@ def define_flags(defaults=None, *, finetune_flags=False):
     )
     flags.DEFINE_bool("sync_bn", d.sync_bn, "Synchronize BatchNorm statistics over replicas.")
     flags.DEFINE_enum(
-        "input_sharding", d.input_sharding, loop.INPUT_SHARDING,
+        "input_sharding", d.input_sharding, INPUT_SHARDING,
         "pipeline: each worker reads its own part of the data; global_batch: every worker builds "
         "the same global batches and keeps its slice (same run for any number of workers).",
     )
@@ -103,17 +107,17 @@ def define_flags(defaults=None, *, finetune_flags=False):
         "Classes of the fine-tuned classifier (0: the dataset's). A new classifier is made "
         "when the checkpoint has another number of classes.",
     )
-    flags.DEFINE_enum("bn", d.bn, loop.BN_MODES, _enum_help(finetune.BN_MODES))
+    flags.DEFINE_enum("bn", d.bn, BN_MODES, _enum_help(finetune.BN_MODES))
 
 
 def config_from_flags():
     """The `TrainConfig` the parsed flags describe (0 means unset for the
     integer flags whose field may be None)."""
-    values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(loop.TrainConfig) if f.name in FLAGS}
+    values = {name: FLAGS[name].value for name in TrainConfig().flat() if name in FLAGS}
     for name in ("image_size", "steps_per_epoch", "num_classes"):
         if name in values:
             values[name] = values[name] or None
-    return loop.TrainConfig(**values)
+    return TrainConfig.from_flat(**values)
 
 
 def main(argv):
@@ -127,7 +131,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # progress is printed; keep TFDS quiet
     try:
         loop.train(config_from_flags())
-    except loop.ConfigError as error:
+    except ConfigError as error:
         raise app.UsageError(str(error)) from None
     except loop.TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)

@@ -17,9 +17,8 @@ import json
 import os
 
 import tensorflow as tf
-from tensorflow.python.distribute import distribute_lib
 
-from normzoo import backends
+from normzoo import _tf_internals, backends
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -88,17 +87,10 @@ def worker_dir(model_dir, strategy):
     return os.path.join(model_dir, "workers", f"worker_{strategy.cluster_resolver.task_id}")
 
 
-def _is_default_strategy(strategy):
-    """Whether `strategy` is TensorFlow's default strategy (one device, no
-    `tf.distribute` scope), which supports no `extended.worker_devices`.
-    tf.distribute exports no name for its class (TF 2.21:
-    `distribute_lib._DefaultDistributionStrategy`)."""
-    return isinstance(strategy, distribute_lib._DefaultDistributionStrategy)
-
-
 def replica_devices(strategy):
     """The devices this process runs replicas on."""
-    if _is_default_strategy(strategy):
+    # The default strategy (one device) has no `extended.worker_devices`.
+    if _tf_internals.is_default_strategy(strategy):
         gpus = tf.config.list_logical_devices("GPU")
         return [(gpus or tf.config.list_logical_devices("CPU"))[0].name]
     return list(strategy.extended.worker_devices)
@@ -114,7 +106,7 @@ def choose_xla_form(strategy, jit_compile):
         return "tpu"
     if not jit_compile:
         return "none"
-    if _is_default_strategy(strategy):
+    if _tf_internals.is_default_strategy(strategy):
         return "whole_step"  # one device, no collectives
     if _device_types(strategy) == {"GPU"}:
         return "replica_step"

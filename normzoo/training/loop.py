@@ -1,15 +1,16 @@
 """The training loop behind scripts/train.py (and scripts/finetune.py).
 
-`train(TrainConfig(...))` builds the model and data under the chosen
-strategy, trains with a custom loop (Keras `fit` cannot XLA-compile under
-MirroredStrategy nor run MultiWorkerMirroredStrategy in TF 2.21), and keeps
-in `model_dir`:
+`train(config)` (a `TrainConfig`: see `normzoo.training.config`) builds
+the model and data under the chosen strategy, trains with a custom loop
+(Keras `fit` cannot XLA-compile under MirroredStrategy nor run
+MultiWorkerMirroredStrategy in TF 2.21), and keeps in `model_dir`:
 
     checkpoints/            tf.train.CheckpointManager: model (BatchNorm
                             statistics included), optimizer, step
     tensorboard/            scalars per epoch: those of metrics.json's
                             history
-    flags.json              the resolved configuration and environment
+    flags.json              the resolved configuration (its flat fields:
+                            `TrainConfig.flat()`) and environment
     metrics.json            per-epoch history (losses, accuracies, learning
                             rate, and where the epoch's time went: see
                             `normzoo.training.stopwatch`) and the final
@@ -41,7 +42,8 @@ good one. The run's last log line says where its time went.
 
 How `train` runs, phase by phase (each a function below, the run's state in
 one `_Run`): `_plan` checks the configuration against the data and the
-model directory; `_build_model`; then `_run`: `_restore_or_initialize` (the
+model directory and resolves the inputs it leaves unset (the run then uses
+that resolved configuration); `_build_model`; then `_run`: `_restore_or_initialize` (the
 optimizer, and the last checkpoint or `init_checkpoint`), `_record_start`
 (flags.json, the opening log), for each epoch left `_train_epoch` and
 `_evaluate_and_record` (metrics.json, TensorBoard, checkpoint), `_export`
@@ -63,20 +65,10 @@ from absl import logging
 
 from normzoo import backends
 from normzoo import bn, checkpoints, data, models, runtime
-from normzoo.naming import NORMS
 from normzoo.training import distribute, finetune
+from normzoo.training.config import INPUT_FIELDS, ConfigError, TrainConfig
 from normzoo.training.steps import EvalStep, TrainStep, evaluate
 from normzoo.training.stopwatch import CHECKPOINT, EVAL, FIRST_STEP, INPUT_WAIT, STEP, Stopwatch
-
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "step")
-MIXED_PRECISION = (None, "float16", "bfloat16")
-INPUT_SHARDING = ("pipeline", "global_batch")
-BN_MODES = tuple(finetune.BN_MODES)
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; nothing was built or written."""
 
 
 @dataclasses.dataclass
@@ -95,194 +87,41 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last checkpoint was kept."""
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything that defines a training run (the flags of scripts/train.py).
-
-    `batch_size` is the global batch, split evenly over the replicas;
-    `learning_rate` is for that global batch. `steps_per_epoch` defaults to
-    the training split's size over the global batch (every batch is full, so
-    that every step has the same shape, which XLA wants).
-
-    `train_split` is the TFDS split trained on: "train", or a slice of it
-    such as "train[:1150]" that leaves the rest ("train[1150:]") for
-    choosing hyperparameters (the lab's grids do); the test split is never
-    trained on.
-
-    `input_sharding` says how several input pipelines (one per worker under
-    MultiWorkerMirroredStrategy) share the training data: "pipeline" gives
-    each its own part of the split (the efficient default); "global_batch"
-    makes every pipeline build the same global batches and keep its slice,
-    so that the global batches, and the run, are the same for any number of
-    workers and replicas (each worker then reads the whole split).
-
-    Fine-tuning: `init_checkpoint` starts the run from a checkpoint (any
-    format of `normzoo.checkpoints.restore`) holding the same `model` and
-    `norm`. Every variable is restored, strictly, except the classifier when
-    the checkpoint has another number of classes than `num_classes` (None:
-    the dataset's), which is new. `bn` is
-    "train" (batch statistics, moving statistics updated), "frozen_stats"
-    (moving statistics used and never updated; gamma and beta trained) or
-    "frozen" (gamma and beta fixed too) or "recalibrated" (the moving
-    statistics re-estimated on the first training batches, then as
-    "frozen_stats"). `invert_images` inverts the pixel
-    values of the dataset (a domain shift, see `normzoo.data.load`).
-
-    Repeatability: every run is seeded by `seed` (initialization, data
-    order, augmentation, dropout). `deterministic=True` also makes
-    TensorFlow run deterministic op implementations for the run (see
-    `normzoo.runtime.deterministic_ops`): the same configuration then gives
-    bit-identical weights, optimizer state and metrics, on one device and
-    under MirroredStrategy, at some cost in step time (benchmark P11 of
-    lab/benchmark.py); without it, TensorFlow's non-deterministic
-    kernels (on GPUs, for instance) may round differently from run to run.
-
-    Inputs: `preprocess_mode` is the normalization of every image (a mode
-    of `normzoo.data.load`: "tf", "torch", "caffe" or "vgg"); None feeds
-    what the init checkpoint's weights expect (its
-    `RestoreReport.preprocess_mode`: "torch" for torchvision and timm,
-    "caffe" for keras.applications' ResNet50, ...), or "tf" when there is
-    none or it does not say. `channels` (None: the init checkpoint's input
-    channels, else the dataset's; grey images become RGB for a 3-channel
-    checkpoint) and `layout` (None: the init checkpoint's, e.g.
-    "torchvision", else the model's default) come from the init checkpoint
-    the same way. `train` resolves all three before anything is built, and
-    flags.json records the values used; a resumed run takes them from there.
-    """
-
-    model: str = "resnet20"
-    norm: str = "batch"
-    dataset: str = "digits"
-    train_split: str = "train"
-    data_dir: str | None = None
-    image_size: int | None = 32
-    batch_size: int = 64
-    epochs: int = 10
-    steps_per_epoch: int | None = None
-    learning_rate: float = 0.1
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    optimizer: str = "momentum"
-    weight_decay: float = 5e-4
-    skipinit_alpha: float | None = None
-    strategy: str = "default"
-    tpu: str | None = None
-    jit_compile: bool = False
-    mixed_precision: str | None = None
-    sync_bn: bool = False
-    model_dir: str = "runs/default"
-    input_sharding: str = "pipeline"
-    checkpoint_steps: int = 0
-    max_checkpoints: int = 3
-    seed: int = 0
-    deterministic: bool = False
-    verbose: bool = True
-    invert_images: bool = False
-    num_classes: int | None = None
-    init_checkpoint: str | None = None
-    bn: str = "train"
-    preprocess_mode: str | None = None
-    channels: int | None = None
-    layout: str | None = None
-
-    def validate(self):
-        """Raises ConfigError naming the first invalid field and what is valid."""
-        choices = {
-            "norm": NORMS,
-            "optimizer": OPTIMIZERS,
-            "schedule": SCHEDULES,
-            "mixed_precision": MIXED_PRECISION,
-            "strategy": distribute.STRATEGIES,
-            "input_sharding": INPUT_SHARDING,
-            "bn": BN_MODES,
-        }
-        if self.preprocess_mode is not None:
-            choices["preprocess_mode"] = data.preprocessing.PREPROCESS_MODES
-        for field, valid in choices.items():
-            if getattr(self, field) not in valid:
-                raise ConfigError(
-                    f"Invalid {field}={getattr(self, field)!r} (--{field}); choose one of "
-                    f"{', '.join(str(v) for v in valid)}."
-                )
-        try:
-            models.check_name(self.model)
-        except ValueError as error:
-            raise ConfigError(f"model={self.model!r} (--model): {error}") from None
-        for field in ("batch_size", "epochs", "learning_rate"):
-            value = getattr(self, field)
-            if not 0 < value < math.inf:
-                raise ConfigError(
-                    f"{field}={value!r} (--{field}) must be positive and finite; pass e.g. "
-                    f"--{field}={getattr(_DEFAULTS, field)} (the default)."
-                )
-        for field in ("steps_per_epoch", "image_size", "num_classes"):
-            value = getattr(self, field)
-            if value is not None and value <= 0:
-                raise ConfigError(
-                    f"{field}={value!r} (--{field}) must be positive, or unset (0 on the "
-                    f"command line) for the default."
-                )
-        for field in ("weight_decay", "warmup_epochs", "checkpoint_steps"):
-            value = getattr(self, field)
-            if not 0 <= value < math.inf:
-                raise ConfigError(
-                    f"{field}={value!r} (--{field}) must be >= 0 and finite; 0 turns it off."
-                )
-        if self.layout is not None:
-            try:
-                models.check_arguments(self.model, layout=self.layout)
-            except ValueError as error:
-                raise ConfigError(f"layout={self.layout!r} (--layout): {error}") from None
-        if self.sync_bn and self.norm != "batch":
-            raise ConfigError(f"sync_bn applies to norm='batch' only; got norm={self.norm!r}.")
-        if self.skipinit_alpha is not None and self.norm != "skipinit":
-            raise ConfigError(
-                f"skipinit_alpha applies to norm='skipinit' only; got norm={self.norm!r}."
-            )
-        if self.bn != "train" and self.norm != "batch":
-            raise ConfigError(
-                f"bn={self.bn!r} freezes BatchNorm layers, and norm={self.norm!r} has none; "
-                "use bn='train' (or norm='batch')."
-            )
-        if self.bn != "train" and not self.init_checkpoint:
-            raise ConfigError(
-                f"bn={self.bn!r} without init_checkpoint would freeze the initial statistics "
-                "(mean 0, variance 1) of an untrained model; pass init_checkpoint or bn='train'."
-            )
-
-
-def _learning_rate(config, steps_per_epoch):
-    total = config.epochs * steps_per_epoch
-    warmup = int(config.warmup_epochs * steps_per_epoch)
-    if config.schedule == "constant":
-        return config.learning_rate
-    if config.schedule == "step":
+def _learning_rate(optimization, steps_per_epoch):
+    total = optimization.epochs * steps_per_epoch
+    warmup = int(optimization.warmup_epochs * steps_per_epoch)
+    if optimization.schedule == "constant":
+        return optimization.learning_rate
+    if optimization.schedule == "step":
         boundaries = [int(total * 0.5), int(total * 0.75)]
-        values = [config.learning_rate * f for f in (1.0, 0.1, 0.01)]
+        values = [optimization.learning_rate * f for f in (1.0, 0.1, 0.01)]
         return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
     if warmup:
         return keras.optimizers.schedules.CosineDecay(
-            0.0, max(total - warmup, 1), warmup_target=config.learning_rate, warmup_steps=warmup
+            0.0, max(total - warmup, 1), warmup_target=optimization.learning_rate, warmup_steps=warmup
         )
-    return keras.optimizers.schedules.CosineDecay(config.learning_rate, max(total, 1))
+    return keras.optimizers.schedules.CosineDecay(optimization.learning_rate, max(total, 1))
 
 
 def make_optimizer(config, steps_per_epoch):
-    """The optimizer of `config`, with decoupled weight decay that spares
-    biases, normalization parameters and SkipInit scalars."""
-    learning_rate = _learning_rate(config, steps_per_epoch)
-    decay = config.weight_decay or None
-    if config.optimizer == "sgd":
+    """The optimizer of the `TrainConfig` `config` (its `optimization`, and
+    loss scaling for `distribution.mixed_precision="float16"`), with
+    decoupled weight decay that spares biases, normalization parameters and
+    SkipInit scalars."""
+    optimization = config.optimization
+    learning_rate = _learning_rate(optimization, steps_per_epoch)
+    decay = optimization.weight_decay or None
+    if optimization.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(learning_rate, weight_decay=decay)
-    elif config.optimizer == "momentum":
+    elif optimization.optimizer == "momentum":
         optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=decay)
-    elif config.optimizer == "adam":
+    elif optimization.optimizer == "adam":
         optimizer = keras.optimizers.Adam(learning_rate, weight_decay=decay)
     else:
-        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=optimization.weight_decay)
     if decay:
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "alpha"])
-    if config.mixed_precision == "float16":
+    if config.distribution.mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
@@ -319,7 +158,8 @@ def _read_metrics(path):
         return json.load(f)
 
 
-# Fields that change the variables a checkpoint holds, or where they started.
+# Fields (flat names) that change the variables a checkpoint holds, or
+# where they started: a run resumes only with the same values.
 _MODEL_FIELDS = (
     "model",
     "norm",
@@ -335,95 +175,88 @@ _MODEL_FIELDS = (
     "channels",
     "layout",
 )
-_DEFAULTS = TrainConfig()
-# Resolved before a run starts (from its init checkpoint) and recorded in
-# flags.json; a flags.json older than a field ran with these values.
-_INPUT_FIELDS = ("preprocess_mode", "channels", "layout")
+# What a run whose flags.json is older than an input field fed.
 _UNRECORDED = {"preprocess_mode": "tf", "channels": None, "layout": None}
 
 
 def _saved_config(model_dir):
+    """The flat fields that model_dir/flags.json records (those of the
+    normzoo version that wrote it: older ones lack newer fields, and may
+    hold fields that no longer exist)."""
     with open(os.path.join(model_dir, "flags.json")) as f:
         return json.load(f)["config"]
 
 
-def _with_inputs(config, init_source, resumed):
-    """`config` with `_INPUT_FIELDS` left None resolved: from the init
-    checkpoint when the run starts from it, from model_dir/flags.json when
-    it resumes; preprocess_mode "tf" when nothing says."""
+def _inputs_found(config, init_source, resumed):
+    """{input field (`INPUT_FIELDS`): value} that the init checkpoint says
+    (a run that starts from it), or that model_dir/flags.json recorded (a
+    run that resumes); {} for a new run without init checkpoint."""
     if init_source is not None:
-        found = finetune.checkpoint_inputs(init_source, config.model)
-    elif resumed and os.path.exists(os.path.join(config.model_dir, "flags.json")):
-        saved = _saved_config(config.model_dir)
-        found = {field: saved.get(field, _UNRECORDED[field]) for field in _INPUT_FIELDS}
-    else:
-        found = {}
-    values = {
-        field: found.get(field) if getattr(config, field) is None else getattr(config, field)
-        for field in _INPUT_FIELDS
-    }
-    values["preprocess_mode"] = values["preprocess_mode"] or "tf"
-    return dataclasses.replace(config, **values)
+        return finetune.checkpoint_inputs(init_source, config.model.model)
+    if resumed and os.path.exists(os.path.join(config.run.model_dir, "flags.json")):
+        saved = _saved_config(config.run.model_dir)
+        return {field: saved.get(field, _UNRECORDED[field]) for field in INPUT_FIELDS}
+    return {}
 
 
 def _check_same_model(config):
-    if not os.path.exists(os.path.join(config.model_dir, "flags.json")):
+    """Raises ConfigError if model_dir/flags.json records other values of
+    `_MODEL_FIELDS` than `config` (resolved) has."""
+    if not os.path.exists(os.path.join(config.run.model_dir, "flags.json")):
         return
-    saved = _saved_config(config.model_dir)
+    saved = _saved_config(config.run.model_dir)
+    now = config.flat()
+    defaults = TrainConfig().flat()
     # A field absent from an older flags.json had its default value.
-    changed = [
-        f
-        for f in _MODEL_FIELDS
-        if saved.get(f, _UNRECORDED.get(f, getattr(_DEFAULTS, f))) != getattr(config, f)
-    ]
+    changed = [f for f in _MODEL_FIELDS if saved.get(f, _UNRECORDED.get(f, defaults[f])) != now[f]]
     if changed:
-        details = ", ".join(f"{f}={saved.get(f)!r} there, {getattr(config, f)!r} now" for f in changed)
+        details = ", ".join(f"{f}={saved.get(f)!r} there, {now[f]!r} now" for f in changed)
         raise ConfigError(
-            f"{config.model_dir} holds checkpoints of another configuration ({details}); "
+            f"{config.run.model_dir} holds checkpoints of another configuration ({details}); "
             "resume with the same flags or choose a new --model_dir."
         )
 
 
 def _log(config, message):
     logging.info(message)
-    if config.verbose:
+    if config.run.verbose:
         print(message, flush=True)
 
 
 def _load(config, split, training, input_context=None, **stream):
-    """`config`'s dataset split in global batches of `config.batch_size`
+    """`config`'s dataset split in global batches of its batch size
     (this pipeline's share of them with `input_context`); `stream`: the
     `steps_per_epoch`, `epochs` and `start_step` of a training stream."""
     return data.load(
-        config.dataset,
+        config.data.dataset,
         split,
-        data_dir=config.data_dir,
-        global_batch_size=config.batch_size,
+        data_dir=config.data.data_dir,
+        global_batch_size=config.optimization.batch_size,
         input_context=input_context,
         training=training,
-        image_size=config.image_size,
-        channels=config.channels,
-        preprocess_mode=config.preprocess_mode,
-        invert=config.invert_images,
-        seed=config.seed,
+        image_size=config.data.image_size,
+        channels=config.data.channels,
+        preprocess_mode=config.data.preprocess_mode,
+        invert=config.data.invert_images,
+        seed=config.run.seed,
         **stream,
     )
 
 
 def _training_batches(strategy, config, **stream):
-    """The distributed training stream of `config.train_split` (`stream`:
-    see `_load`), sharded as `config.input_sharding` says."""
-    split = config.train_split
+    """The distributed training stream of `config.data.train_split` (`stream`:
+    see `_load`), sharded as `config.distribution.input_sharding` says."""
+    split, batch_size = config.data.train_split, config.optimization.batch_size
 
     def dataset_fn(input_context):
-        if config.input_sharding == "pipeline":
+        if config.distribution.input_sharding == "pipeline":
             return _load(config, split, True, input_context, **stream)
         # Every pipeline builds the same global batches and keeps its own
         # contiguous slice of each, split into per-replica batches.
         pipelines = input_context.num_input_pipelines
-        per_pipeline = config.batch_size // pipelines
+        per_pipeline = batch_size // pipelines
         start = input_context.input_pipeline_id * per_pipeline
-        per_replica = input_context.get_per_replica_batch_size(config.batch_size)
+        per_replica = input_context.get_per_replica_batch_size(batch_size)
         dataset = _load(config, split, True, **stream).map(
             lambda images, labels: (
                 images[start : start + per_pipeline],
@@ -446,8 +279,8 @@ def _evaluation_batches(strategy, config, split):
 
     def dataset_fn(input_context):
         steps.append(data.evaluation_steps(
-            config.dataset, split, global_batch_size=config.batch_size,
-            input_context=input_context, data_dir=config.data_dir,
+            config.data.dataset, split, global_batch_size=config.optimization.batch_size,
+            input_context=input_context, data_dir=config.data.data_dir,
         ))
         return _load(config, split, False, input_context, repeat=True)
 
@@ -459,7 +292,7 @@ def _recalibrate(config, model):
     """Re-estimates the BatchNorm statistics of `model` on the first training
     batches (bn="recalibrated"). Every worker reads the same global batches,
     so every copy of the model gets the same statistics."""
-    batches = _load(config, config.train_split, True).take(finetune.RECALIBRATION_BATCHES)
+    batches = _load(config, config.data.train_split, True).take(finetune.RECALIBRATION_BATCHES)
     examples = bn.recalibrate(model, batches)
     _log(config, f"bn=recalibrated: BatchNorm statistics re-estimated from {examples} training examples.")
 
@@ -483,7 +316,7 @@ def train(config, *, strategy=None):
     Args:
         config: A `TrainConfig`.
         strategy: A `tf.distribute.Strategy` to use instead of the one
-            `config.strategy` names (tests pass one with logical devices).
+            `config.distribution.strategy` names (tests pass one with logical devices).
 
     Raises:
         ConfigError: an invalid configuration, or an `init_checkpoint` that is
@@ -493,29 +326,32 @@ def train(config, *, strategy=None):
     """
     backends.require_tensorflow("normzoo.training.train (the tf.distribute training loop)")
     config.validate()
-    strategy = strategy or distribute.make_strategy(config.strategy, config.tpu)
-    config, plan = _plan(config, strategy)
-    with _precision_policy(config.mixed_precision), runtime.deterministic_ops(config.deterministic):
-        keras.utils.set_random_seed(config.seed)
-        model = _build_model(config, strategy, plan)
-        return _run(config, strategy, model, plan)
+    strategy = strategy or distribute.make_strategy(config.distribution.strategy, config.distribution.tpu)
+    # The run uses `resolved`: `config` with the inputs it left unset taken
+    # from its init checkpoint or from the run it resumes.
+    resolved, plan = _plan(config, strategy)
+    precision = _precision_policy(resolved.distribution.mixed_precision)
+    with precision, runtime.deterministic_ops(resolved.run.deterministic):
+        keras.utils.set_random_seed(resolved.run.seed)
+        model = _build_model(resolved, strategy, plan)
+        return _run(resolved, strategy, model, plan)
 
 
 def _run(config, strategy, model, plan):
-    """The phases of a run on its freshly built model: restore or
-    initialize, the epochs left (each trained, then evaluated and
-    recorded), export."""
+    """The phases of a run of the resolved `config` on its freshly built
+    model: restore or initialize, the epochs left (each trained, then
+    evaluated and recorded), export."""
     run = _restore_or_initialize(config, strategy, model, plan)
     _record_start(run)
-    if run.step < config.epochs * plan.steps_per_epoch:
+    epochs = config.optimization.epochs
+    if run.step < epochs * plan.steps_per_epoch:
         # One iterator for every epoch left: the input keeps flowing from one
         # epoch into the next, and starts at the batch of the resumed step.
         batches = iter(_training_batches(
-            strategy, config,
-            steps_per_epoch=plan.steps_per_epoch, epochs=config.epochs, start_step=run.step,
+            strategy, config, steps_per_epoch=plan.steps_per_epoch, epochs=epochs, start_step=run.step,
         ))
         try:
-            for epoch in range(run.step // plan.steps_per_epoch, config.epochs):
+            for epoch in range(run.step // plan.steps_per_epoch, epochs):
                 started = run.stopwatch.mark()
                 sums = _train_epoch(run, batches, epoch)
                 _evaluate_and_record(run, epoch, sums, started)
@@ -531,7 +367,7 @@ def _run(config, strategy, model, plan):
 class _Plan:
     """What a run will do, settled (and checked) before anything is built.
 
-    `train_examples` is the size of `config.train_split`; `resume_from`
+    `train_examples` is the size of `config.data.train_split`; `resume_from`
     the checkpoint in `model_dir` to resume from (None: a new run);
     `init_source` what `finetune.read_init_checkpoint` found in
     `init_checkpoint` for a new run started from it; `started` when `train`
@@ -549,61 +385,64 @@ class _Plan:
 
 
 def _plan(config, strategy):
-    """`(config, plan)`: `config` with its inputs resolved (`_with_inputs`)
-    and what the run will do, checked before anything is built."""
+    """`(resolved, plan)`: the configuration the run uses (`config` with the
+    inputs it leaves unset resolved: `TrainConfig.with_inputs`) and what
+    the run will do, checked before anything is built."""
     started = time.perf_counter()
-    _check_model_dir(config.model_dir)
+    model_dir, batch_size = config.run.model_dir, config.optimization.batch_size
+    _check_model_dir(model_dir)
     replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
+    if batch_size % replicas:
         raise ConfigError(
-            f"batch_size={config.batch_size} does not divide over {replicas} replicas; "
+            f"batch_size={batch_size} does not divide over {replicas} replicas; "
             f"use a multiple of {replicas}."
         )
     # Every worker resumes from the chief's checkpoints.
-    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     # A resumed run continues from its own checkpoint, never from the init one.
     init_source = None
-    if config.init_checkpoint and not latest:
+    if config.finetune.init_checkpoint and not latest:
         try:
             init_source = finetune.read_init_checkpoint(
-                config.init_checkpoint, config.norm, config.model
+                config.finetune.init_checkpoint, config.model.norm, config.model.model
             )
         except finetune.InitCheckpointError as error:
             raise ConfigError(str(error)) from None
-    config = _with_inputs(config, init_source, bool(latest))
+    resolved = config.with_inputs(**_inputs_found(config, init_source, resumed=bool(latest)))
     if latest:
-        _check_same_model(config)
+        _check_same_model(resolved)
+    dataset = resolved.data
     try:
         info = data.info(
-            config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-            channels=config.channels,
+            dataset.dataset, data_dir=dataset.data_dir, image_size=dataset.image_size,
+            channels=dataset.channels,
         )
     except ValueError as error:  # an unknown dataset, or not one of images and labels
         raise ConfigError(str(error)) from None
     try:
-        train_examples = data.num_examples(config.dataset, config.train_split, data_dir=config.data_dir)
+        train_examples = data.num_examples(dataset.dataset, dataset.train_split, data_dir=dataset.data_dir)
     except ValueError as error:
-        raise ConfigError(f"train_split={config.train_split!r}: {error}") from None
-    steps_per_epoch = config.steps_per_epoch or train_examples // config.batch_size
+        raise ConfigError(f"train_split={dataset.train_split!r}: {error}") from None
+    steps_per_epoch = config.optimization.steps_per_epoch or train_examples // batch_size
     if steps_per_epoch == 0:
         raise ConfigError(
-            f"batch_size={config.batch_size} exceeds the {train_examples} training examples "
-            f"of {config.train_split!r}."
+            f"batch_size={batch_size} exceeds the {train_examples} training examples "
+            f"of {dataset.train_split!r}."
         )
-    num_classes = config.num_classes or info.num_classes
+    num_classes = config.model.num_classes or info.num_classes
     if num_classes < info.num_classes:
         raise ConfigError(
             f"num_classes={num_classes} is smaller than the {info.num_classes} classes of "
-            f"{config.dataset}, whose labels go up to {info.num_classes - 1}; pass "
+            f"{dataset.dataset}, whose labels go up to {info.num_classes - 1}; pass "
             f"num_classes >= {info.num_classes} or leave it unset."
         )
-    return config, _Plan(
+    return resolved, _Plan(
         info=info,
         train_examples=train_examples,
         steps_per_epoch=steps_per_epoch,
         num_classes=num_classes,
         chief=distribute.is_chief(strategy),
-        out_dir=distribute.worker_dir(config.model_dir, strategy),
+        out_dir=distribute.worker_dir(model_dir, strategy),
         resume_from=latest,
         init_source=init_source,
         started=started,
@@ -629,16 +468,16 @@ def _check_model_dir(model_dir):
 
 def _build_model(config, strategy, plan):
     overrides = {}
-    if config.norm == "batch" and config.sync_bn:
+    if config.model.norm == "batch" and config.distribution.sync_bn:
         overrides["synchronized_bn"] = True
-    if config.skipinit_alpha is not None:
-        overrides["skipinit_alpha"] = config.skipinit_alpha
-    if config.layout is not None:
-        overrides["layout"] = config.layout
+    if config.model.skipinit_alpha is not None:
+        overrides["skipinit_alpha"] = config.model.skipinit_alpha
+    if config.model.layout is not None:
+        overrides["layout"] = config.model.layout
     with strategy.scope():
         return models.build(
-            config.model,
-            norm=config.norm,
+            config.model.model,
+            norm=config.model.norm,
             num_classes=plan.num_classes,
             input_shape=plan.info.image_shape,
             **overrides,
@@ -688,25 +527,25 @@ def _restore_or_initialize(config, strategy, model, plan):
     with strategy.scope():
         if plan.init_source is not None:
             initialization = _initialize(config, model, plan, eval_step, eval_batches, eval_steps)
-        if config.bn == "recalibrated" and not plan.resume_from:  # a resume restores them
+        if config.finetune.bn == "recalibrated" and not plan.resume_from:  # a resume restores them
             _recalibrate(config, model)
         # Before the optimizer sees the trainable variables (bn="frozen"
         # makes gamma and beta non-trainable).
-        finetune.set_bn_mode(model, config.bn)
+        finetune.set_bn_mode(model, config.finetune.bn)
         optimizer = make_optimizer(config, plan.steps_per_epoch)
         optimizer.build(model.trainable_variables)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     os.makedirs(plan.out_dir, exist_ok=True)
     manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(plan.out_dir, "checkpoints"), max_to_keep=config.max_checkpoints
+        checkpoint, os.path.join(plan.out_dir, "checkpoints"), max_to_keep=config.run.max_checkpoints
     )
     if plan.resume_from:
         # Every variable, BatchNorm statistics and optimizer slots included.
         checkpoint.restore(plan.resume_from).assert_consumed()
-        if config.schedule == "constant":
+        if config.optimization.schedule == "constant":
             # A constant learning rate is an optimizer variable, restored with
             # the rest; the flag given now wins.
-            optimizer.learning_rate = config.learning_rate
+            optimizer.learning_rate = config.optimization.learning_rate
     step = int(optimizer.iterations.numpy())
     previous = _read_metrics(os.path.join(plan.out_dir, "metrics.json"))
     # A resumed run keeps the figures of its start from init_checkpoint.
@@ -724,7 +563,9 @@ def _restore_or_initialize(config, strategy, model, plan):
         model=model,
         optimizer=optimizer,
         manager=manager,
-        train_step=TrainStep(model, optimizer, strategy, config.batch_size, config.jit_compile),
+        train_step=TrainStep(
+            model, optimizer, strategy, config.optimization.batch_size, config.distribution.jit_compile
+        ),
         eval_step=eval_step,
         eval_batches=eval_batches,
         eval_steps=eval_steps,
@@ -743,11 +584,11 @@ def _initialize(config, model, plan, eval_step, eval_batches, eval_steps):
     """Restores `init_checkpoint` into `model` and measures the restored
     model on the test split: the baseline that fine-tuning is to improve on."""
     try:
-        initialization = finetune.initialize(model, config.init_checkpoint, plan.init_source)
+        initialization = finetune.initialize(model, config.finetune.init_checkpoint, plan.init_source)
     except checkpoints.RestoreError as error:
         raise ConfigError(
-            f"init_checkpoint={config.init_checkpoint!r} does not fit "
-            f"model={config.model!r} norm={config.norm!r}: {error}"
+            f"init_checkpoint={config.finetune.init_checkpoint!r} does not fit "
+            f"model={config.model.model!r} norm={config.model.norm!r}: {error}"
         ) from None
     return dataclasses.replace(initialization, test=evaluate(eval_step, eval_batches, eval_steps))
 
@@ -758,7 +599,7 @@ def _record_start(run):
     config, plan = run.config, run.plan
     info = plan.info
     environment = _environment(run.strategy, run.train_step, plan.steps_per_epoch)
-    flags_record = {"config": dataclasses.asdict(config), "environment": environment}
+    flags_record = {"config": config.flat(), "environment": environment}
     if plan.chief:
         _write_json(os.path.join(plan.out_dir, "flags.json"), flags_record)
     # Also the first write of the run's summaries, which costs 0.15-0.2 s
@@ -766,12 +607,14 @@ def _record_start(run):
     with run.writer.as_default(step=run.step):
         tf.summary.text("flags", f"```\n{json.dumps(flags_record, indent=2, default=str)}\n```")
     run.writer.flush()
+    optimization = config.optimization
     run.log(
-        f"normzoo: {config.model} norm={config.norm} on {config.dataset} "
-        f"({plan.train_examples} {config.train_split} / {info.test_examples} test, "
+        f"normzoo: {config.model.model} norm={config.model.norm} on {config.data.dataset} "
+        f"({plan.train_examples} {config.data.train_split} / {info.test_examples} test, "
         f"image {info.image_shape}); "
         f"{run.model.count_params():,} parameters; {environment['num_replicas']} replica(s); "
-        f"global batch {config.batch_size}; {plan.steps_per_epoch} steps/epoch x {config.epochs} epochs",
+        f"global batch {optimization.batch_size}; {plan.steps_per_epoch} steps/epoch x "
+        f"{optimization.epochs} epochs",
     )
     if plan.resume_from:
         run.log(f"Resumed from {plan.resume_from} at step {run.step}.")
@@ -784,10 +627,10 @@ def _train_epoch(run, batches, epoch):
     """Trains `epoch` from the run's step to its end; returns the sums of
     (loss, correct predictions, examples) over its steps."""
     config, plan = run.config, run.plan
-    steps_per_epoch = plan.steps_per_epoch
+    steps_per_epoch, checkpoint_steps = plan.steps_per_epoch, config.run.checkpoint_steps
     progress = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
-    if config.verbose and plan.chief:
-        print(f"Epoch {epoch + 1}/{config.epochs}", flush=True)
+    if config.run.verbose and plan.chief:
+        print(f"Epoch {epoch + 1}/{config.optimization.epochs}", flush=True)
     sums = np.zeros(3)
     for _ in range(run.step - epoch * steps_per_epoch, steps_per_epoch):
         with run.stopwatch.timing(INPUT_WAIT):
@@ -807,13 +650,13 @@ def _train_epoch(run, batches, epoch):
                 f"--learning_rate or add warm-up (--warmup_epochs)."
             )
         sums += result
-        if config.verbose and plan.chief:
+        if config.run.verbose and plan.chief:
             progress.update(
                 run.step - epoch * steps_per_epoch,
                 [("loss", sums[0] / sums[2]), ("accuracy", sums[1] / sums[2])],
             )
         # An epoch's last step is checkpointed after its metrics are written.
-        if config.checkpoint_steps and run.step % config.checkpoint_steps == 0 and run.step % steps_per_epoch:
+        if checkpoint_steps and run.step % checkpoint_steps == 0 and run.step % steps_per_epoch:
             _save_checkpoint(run)
     return sums
 
@@ -842,7 +685,7 @@ def _evaluate_and_record(run, epoch, sums, started):
         _save_checkpoint(run)
     # The epoch's times include its checkpoint, so they complete its record
     # once that is written.
-    record.update(run.stopwatch.figures(config.batch_size, since=started))
+    record.update(run.stopwatch.figures(config.optimization.batch_size, since=started))
     _write_metrics(run)
     with run.writer.as_default(step=run.step):
         for key, value in record.items():
@@ -850,7 +693,7 @@ def _evaluate_and_record(run, epoch, sums, started):
                 tf.summary.scalar(key, value)
     run.writer.flush()
     run.log(
-        f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f} "
+        f"epoch {epoch + 1}/{config.optimization.epochs}: train loss {record['train_loss']:.4f} "
         f"accuracy {record['train_accuracy']:.4f}; test loss {test['loss']:.4f} "
         f"accuracy {test['accuracy']:.4f}",
     )
@@ -863,7 +706,7 @@ def _write_metrics(run, **extra):
         run.metrics_path,
         {
             "steps": run.step,
-            "total_steps": run.config.epochs * run.plan.steps_per_epoch,
+            "total_steps": run.config.optimization.epochs * run.plan.steps_per_epoch,
             **run.baseline,
             "history": run.history,
             **extra,
@@ -878,21 +721,21 @@ def _export(run):
     if not run.history:  # nothing left to train: report the restored model
         with run.stopwatch.timing(EVAL):
             test = evaluate(run.eval_step, run.eval_batches, run.eval_steps)
-        run.history.append({"epoch": config.epochs - 1, "step": run.step, "test_loss": test["loss"],
-                            "test_accuracy": test["accuracy"]})
+        run.history.append({"epoch": config.optimization.epochs - 1, "step": run.step,
+                            "test_loss": test["loss"], "test_accuracy": test["accuracy"]})
     weights_path = os.path.join(run.plan.out_dir, "model.weights.h5")
     checkpoints.save_weights(run.model, weights_path)
     final = {
-        "model": config.model,
-        "norm": config.norm,
-        "dataset": config.dataset,
+        "model": config.model.model,
+        "norm": config.model.norm,
+        "dataset": config.data.dataset,
         "steps": run.step,
-        "total_steps": config.epochs * run.plan.steps_per_epoch,
+        "total_steps": config.optimization.epochs * run.plan.steps_per_epoch,
         "test_accuracy": run.history[-1]["test_accuracy"],
         "test_loss": run.history[-1]["test_loss"],
         **run.baseline,
         "train_seconds_this_run": time.time() - run.epochs_started,
-        "time_this_run": run.stopwatch.figures(config.batch_size),
+        "time_this_run": run.stopwatch.figures(config.optimization.batch_size),
         "xla": run.train_step.describe(),
         "history": run.history,
     }
@@ -953,7 +796,7 @@ def _log_initialization(config, initialization, chief, out_dir):
     )
     _log(
         config,
-        f"Initialized from {config.init_checkpoint} (bn={config.bn}); {head}.\n{report}",
+        f"Initialized from {config.finetune.init_checkpoint} (bn={config.finetune.bn}); {head}.\n{report}",
     )
     _log(
         config,
@@ -965,7 +808,7 @@ def _log_initialization(config, initialization, chief, out_dir):
             "normzoo.bn.audit after the restore: %s",
             "; ".join(str(problem) for problem in initialization.audit),
         )
-        if config.verbose:
+        if config.run.verbose:
             print(
                 f"WARNING: {len(initialization.audit)} BatchNorm layer(s) have uninitialized or "
                 f"invalid statistics after the restore (normzoo.bn.audit).",

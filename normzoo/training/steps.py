@@ -7,9 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from tensorflow.python.eager import context as eager_context
 
-from normzoo import backends, runtime
+from normzoo import _tf_internals, backends, runtime
 from normzoo.training.distribute import XLA_FORMS, choose_xla_form
 
 
@@ -17,19 +16,6 @@ def _sum_over_replicas(strategy, per_replica):
     return tf.nest.map_structure(
         lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None), per_replica
     )
-
-
-def _run_with_metadata(function, *args):
-    """`function(*args)`, and the `RunMetadata` of that call: the graphs it
-    ran, partitioned as they were executed. TensorFlow has no public API for
-    it (TF 2.21: the run-metadata methods of
-    `tensorflow.python.eager.context.context()`)."""
-    context = eager_context.context()
-    context.enable_run_metadata()
-    try:
-        return function(*args), context.export_run_metadata()
-    finally:
-        context.disable_run_metadata()
 
 
 class TrainStep:
@@ -123,7 +109,7 @@ class TrainStep:
             return self._function(images, labels)
         if self.form in ("none", "tpu"):
             return self._function(images, labels)
-        result, metadata = _run_with_metadata(self._function, images, labels)
+        result, metadata = _tf_internals.call_with_run_metadata(self._function, images, labels)
         ops = Counter(
             node.op
             for graph in metadata.function_graphs

@@ -369,7 +369,7 @@ def _fake_run(model_dir, model, write):
 
     model_dir.mkdir()
     write(model, model_dir / "model.weights.h5")
-    config = dict(vars(TrainConfig(model="resnet20", model_dir=str(model_dir))))
+    config = TrainConfig.from_flat(model="resnet20", model_dir=str(model_dir)).flat()
     (model_dir / "flags.json").write_text(
         json.dumps({"config": config, "environment": {"tensorflow": "x", "keras": "y"}})
     )

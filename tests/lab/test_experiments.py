@@ -17,11 +17,11 @@ def test_a_diverged_cell_is_recorded_not_raised(monkeypatch):
     seen = {}
 
     def diverge(config):
-        seen["model_dir"] = config.model_dir
+        seen["model_dir"] = config.run.model_dir
         raise loop.TrainingDiverged("The training loss became nan at step 3")
 
     monkeypatch.setattr(loop, "train", diverge)
-    row = experiments.run_cell({"depth": 16, "norm": "none"}, TrainConfig(model_dir="unused"), log=None)
+    row = experiments.run_cell({"depth": 16, "norm": "none"}, TrainConfig.from_flat(model_dir="unused"), log=None)
     assert row["status"] == experiments.DIVERGED
     assert row["test_accuracy"] is None and row["final_train_loss"] is None
     assert "nan at step 3" in row["error"]
@@ -83,11 +83,11 @@ def test_format_value(value, text):
 
 
 def test_with_norm_sets_the_normalization_and_other_fields():
-    base = TrainConfig(model="wrn_16_2", learning_rate=0.3)
+    base = TrainConfig.from_flat(model="wrn_16_2", learning_rate=0.3)
     config = experiments.with_norm(base, "skipinit1", batch_size=8)
-    assert (config.norm, config.skipinit_alpha, config.batch_size) == ("skipinit", 1.0, 8)
-    assert config.learning_rate == 0.3 and base.norm == "batch"
-    assert experiments.with_norm(config, "batch").skipinit_alpha is None
+    assert (config.model.norm, config.model.skipinit_alpha, config.optimization.batch_size) == ("skipinit", 1.0, 8)
+    assert config.optimization.learning_rate == 0.3 and base.model.norm == "batch"
+    assert experiments.with_norm(config, "batch").model.skipinit_alpha is None
     with pytest.raises(ValueError, match="skipinit0"):
         experiments.with_norm(base, "skipinit2")
 
@@ -98,7 +98,7 @@ def test_skipinit_rsqrt_starts_alpha_at_one_over_sqrt_of_the_blocks_of_the_built
     alphas = [v for v in model.weights if v.path.endswith("alpha")]
     assert wide_resnet.num_blocks(16) == len(alphas) == 6
     config = experiments.with_norm(TrainConfig(), "skipinit_rsqrt", num_blocks=len(alphas))
-    assert (config.norm, config.skipinit_alpha) == ("skipinit", pytest.approx(1 / math.sqrt(6)))
+    assert (config.model.norm, config.model.skipinit_alpha) == ("skipinit", pytest.approx(1 / math.sqrt(6)))
     with pytest.raises(ValueError, match="num_blocks"):
         experiments.with_norm(TrainConfig(), "skipinit_rsqrt")
 
@@ -137,7 +137,7 @@ def test_training_reads_only_the_train_split_of_the_config(monkeypatch):
         return original(name, split, **kwargs)
 
     monkeypatch.setattr(data, "load", recording_load)
-    config = TrainConfig(
+    config = TrainConfig.from_flat(
         model="wrn_10_1", image_size=8, batch_size=256, epochs=1, train_split=train_split,
         verbose=False,
     )
@@ -184,13 +184,14 @@ def test_run_rate_grid_trains_every_rate_then_the_other_seeds_at_the_selected_on
     calls = []
 
     def fake_run_cell(labels, config, *, validation_split, log):
-        calls.append((labels["norm"], config.learning_rate, config.seed, validation_split))
-        assert labels["learning_rate"] == config.learning_rate and labels["seed"] == config.seed
+        rate, seed = config.optimization.learning_rate, config.run.seed
+        calls.append((labels["norm"], rate, seed, validation_split))
+        assert labels["learning_rate"] == rate and labels["seed"] == seed
         if labels["norm"] == "none":
-            return _run(config.learning_rate, config.seed, 0, 0, status="diverged", norm="none")
+            return _run(rate, seed, 0, 0, status="diverged", norm="none")
         # Validation accuracy peaks at rate 0.1.
-        accuracy = 1.0 - abs(math.log2(config.learning_rate / 0.1)) / 10
-        return _run(config.learning_rate, config.seed, accuracy, accuracy, norm=labels["norm"])
+        accuracy = 1.0 - abs(math.log2(rate / 0.1)) / 10
+        return _run(rate, seed, accuracy, accuracy, norm=labels["norm"])
 
     monkeypatch.setattr(experiments, "run_cell", fake_run_cell)
     rates = [0.05, 0.1, 0.2]

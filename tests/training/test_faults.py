@@ -79,7 +79,7 @@ def _assert_latest_checkpoint_restores(model_dir):
     assert report.complete and len(report.restored) == len(model.weights), str(report)
     step = int(latest.rsplit("-", 1)[1])
     # What a resume restores: the model and the optimizer, every value used.
-    optimizer = make_optimizer(TrainConfig(schedule="constant", learning_rate=0.05), STEPS_PER_EPOCH)
+    optimizer = make_optimizer(TrainConfig.from_flat(schedule="constant", learning_rate=0.05), STEPS_PER_EPOCH)
     optimizer.build(model.trainable_variables)
     tf.train.Checkpoint(model=model, optimizer=optimizer).restore(latest).assert_consumed()
     assert int(optimizer.iterations.numpy()) == step

@@ -141,9 +141,11 @@ def test_recalibrated_estimates_the_statistics_on_training_batches_then_keeps_th
 
     checkpoint_model = _wrn(CHECKPOINT_CLASSES)
     checkpoint_model.load_weights(init_checkpoint)
+    dataset = config.data
     batches = data.load(
-        config.dataset, "train", data_dir=config.data_dir, global_batch_size=config.batch_size,
-        training=True, image_size=config.image_size, invert=config.invert_images, seed=config.seed,
+        dataset.dataset, "train", data_dir=dataset.data_dir,
+        global_batch_size=config.optimization.batch_size, training=True,
+        image_size=dataset.image_size, invert=dataset.invert_images, seed=config.run.seed,
     )
     bn.recalibrate(checkpoint_model, batches, num_batches=finetune.RECALIBRATION_BATCHES)
     expected = _values(checkpoint_model, STATISTICS)

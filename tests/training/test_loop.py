@@ -149,12 +149,32 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
         try:
             return run(config, strategy, model, *args, **kwargs)
         except TrainingDiverged:
-            model.save_weights(os.path.join(config.model_dir, "model.weights.h5"))
+            model.save_weights(os.path.join(config.run.model_dir, "model.weights.h5"))
             raise
 
     monkeypatch.setattr(loop, "_run", run_then_save_weights)
     with pytest.raises(AssertionError, match="not equal"):
         diverge_and_check()
+
+
+def test_a_run_whose_flags_json_is_older_resumes(tmp_path, tiny_config, steps_run, caplog):
+    """A flags.json written before --layout and --deterministic existed, with
+    a field that no longer exists (init_variables), still resumes; the run
+    then records the configuration of today."""
+    train(tiny_config(tmp_path, epochs=1))
+    flags_path = tmp_path / "flags.json"
+    record = json.loads(flags_path.read_text())
+    now = dict(record["config"])
+    old = {key: value for key, value in now.items() if key not in ("layout", "deterministic")}
+    record["config"] = {**old, "init_variables": "all"}
+    flags_path.write_text(json.dumps(record))
+    caplog.clear()
+    steps_run.clear()
+    metrics = train(tiny_config(tmp_path, epochs=2)).metrics
+    assert_resumed(caplog, steps_run, tmp_path / "checkpoints" / "ckpt-3", steps=3)
+    assert metrics["steps"] == 6
+    recorded = json.loads(flags_path.read_text())["config"]
+    assert recorded == {**now, "epochs": 2}
 
 
 def test_resuming_with_another_model_is_refused_and_changes_nothing(tmp_path, tiny_config):
@@ -197,13 +217,14 @@ def single_device_weights(tmp_path_factory, tiny_config):
 def single_device_evaluation(config, weights_path):
     """Test loss and accuracy of the weights in `weights_path`, loaded into
     `config`'s model without a strategy, over the test split in batches of
-    `config.batch_size`."""
-    info = data.info(config.dataset, image_size=config.image_size)
-    model = models.build(config.model, num_classes=info.num_classes, input_shape=info.image_shape)
+    `config.optimization.batch_size`."""
+    dataset = config.data
+    info = data.info(dataset.dataset, image_size=dataset.image_size)
+    model = models.build(config.model.model, num_classes=info.num_classes, input_shape=info.image_shape)
     model.load_weights(weights_path)
     batches = data.load(
-        config.dataset, info.test_split, global_batch_size=config.batch_size, training=False,
-        image_size=config.image_size,
+        dataset.dataset, info.test_split, global_batch_size=config.optimization.batch_size,
+        training=False, image_size=dataset.image_size,
     )
     return evaluate(EvalStep(model, tf.distribute.get_strategy()), batches)
 

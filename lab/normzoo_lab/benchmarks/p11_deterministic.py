@@ -1,4 +1,4 @@
-"""P11: the cost of --deterministic (`TrainConfig.deterministic`).
+"""P11: the cost of --deterministic (`TrainConfig.run.deterministic`).
 
 The main job's training step (normzoo's `TrainStep` on
 `settings.main_job_model`, one device, a batch of random images of the main

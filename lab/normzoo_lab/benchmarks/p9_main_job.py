@@ -130,12 +130,12 @@ def trace_run(config, *, strategy=None):
     try:
         with tempfile.TemporaryDirectory(prefix="normzoo_p9_") as model_dir:
             start = time.perf_counter()
-            result = train(dataclasses.replace(config, model_dir=model_dir), strategy=strategy)
+            result = train(config.replace(model_dir=model_dir), strategy=strategy)
             wall_seconds = time.perf_counter() - start
     finally:
         TrainStep.__call__, EvalStep.__call__ = originals
     metrics = result.metrics
-    return RunTrace(wall_seconds, steps, evals, metrics["total_steps"] // config.epochs, metrics["history"])
+    return RunTrace(wall_seconds, steps, evals, metrics["total_steps"] // config.optimization.epochs, metrics["history"])
 
 
 def fit_run(config):
@@ -146,29 +146,32 @@ def fit_run(config):
     from building the model to the end of `fit`, as `trace_run` times
     `train`."""
     start = time.perf_counter()
-    keras.utils.set_random_seed(config.seed)
-    info = data.info(config.dataset, data_dir=config.data_dir, image_size=config.image_size)
-    steps_per_epoch = config.steps_per_epoch or info.train_examples // config.batch_size
+    dataset, optimization = config.data, config.optimization
+    keras.utils.set_random_seed(config.run.seed)
+    info = data.info(dataset.dataset, data_dir=dataset.data_dir, image_size=dataset.image_size)
+    steps_per_epoch = optimization.steps_per_epoch or info.train_examples // optimization.batch_size
     model = models.build(
-        config.model, norm=config.norm, num_classes=config.num_classes or info.num_classes,
+        config.model.model, norm=config.model.norm,
+        num_classes=config.model.num_classes or info.num_classes,
         input_shape=info.image_shape,
     )
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
-        jit_compile=config.jit_compile,
+        jit_compile=config.distribution.jit_compile,
     )
 
     def load(split, training):
         return data.load(
-            config.dataset, split, data_dir=config.data_dir, global_batch_size=config.batch_size,
-            training=training, image_size=config.image_size, seed=config.seed,
+            dataset.dataset, split, data_dir=dataset.data_dir,
+            global_batch_size=optimization.batch_size, training=training,
+            image_size=dataset.image_size, seed=config.run.seed,
         )
 
     model.fit(
         load("train", True),
-        epochs=config.epochs,
+        epochs=optimization.epochs,
         steps_per_epoch=steps_per_epoch,
         validation_data=load(info.test_split, False),
         shuffle=False,  # the pipeline shuffles
@@ -181,7 +184,7 @@ def run_config(settings):
     """The `TrainConfig` P9 times: scripts/train.py's defaults at the
     settings' model, image size, batch, epochs and steps, without per-step
     logging (as `fit` runs with verbose=0)."""
-    return TrainConfig(
+    return TrainConfig.from_flat(
         model=settings.main_job_model,
         image_size=settings.main_job_image_size or None,
         batch_size=settings.main_job_batch_size,
@@ -201,7 +204,7 @@ def measure(settings, shared):
     load_after = os.getloadavg()
     mirrored = subprocess_run.call(measure_mirrored, settings)
     common = dict(load_average_before=load_before, load_average_after=load_after)
-    setting = f"{config.model} on {config.dataset}, {config.epochs} epochs"
+    setting = f"{config.model.model} on {config.data.dataset}, {config.optimization.epochs} epochs"
     ratios = [t["wall_seconds"] / t["step_seconds"] for t in traces]
     normzoo_seconds = [t["wall_seconds"] for t in traces]
     over_fit = statistics.median(normzoo_seconds) / statistics.median(fit_seconds)
