@@ -25,8 +25,12 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from normzoo import backends
-from normzoo.data import preprocessing
+from normzoo.data import fashion_mnist, preprocessing
 from normzoo.data.digits import Digits
+
+# The datasets prepared on first use, offline, by these builders: the
+# embedded digits, and Fashion-MNIST from Debian's package's files.
+_OFFLINE = {Digits.name: Digits, fashion_mnist.LocalFashionMNIST.name: fashion_mnist.LocalFashionMNIST}
 
 # Shuffling holds this many encoded examples per input pipeline: the whole
 # split of small datasets, a window of a large one (ImageNet's JPEGs).
@@ -72,10 +76,12 @@ class DataInfo:
 def prepared_builder(name, *, data_dir=None):
     """Returns the TFDS builder of `name`, with its data prepared in `data_dir`.
 
-    The embedded "digits" dataset is prepared in `data_dir` if it is not
-    there yet (offline; several processes may do this concurrently). Any
-    other dataset must have been prepared beforehand: this function never
-    downloads, so it answers in seconds, also on machines without network.
+    The embedded "digits" dataset, and "fashion_mnist" from the files of
+    Debian's package dataset-fashion-mnist (`normzoo.data.fashion_mnist`),
+    are prepared in `data_dir` if they are not there yet (offline; several
+    processes may do this concurrently). Any other dataset must have been
+    prepared beforehand: this function never downloads, so it answers in
+    seconds, also on machines without network.
 
     Args:
         name: A TFDS dataset name, optionally with config and version, e.g.
@@ -92,10 +98,12 @@ def prepared_builder(name, *, data_dir=None):
     builder = _builder(name, data_dir)
     if builder.is_prepared():
         return builder
-    if builder.name != Digits.name:
+    if builder.name not in _OFFLINE:
         raise DatasetNotPreparedError(_not_prepared_message(builder, data_dir))
+    if builder.name == fashion_mnist.LocalFashionMNIST.name and fashion_mnist.missing_files():
+        raise DatasetNotPreparedError(_fashion_mnist_missing_message(builder, data_dir))
     try:
-        builder.download_and_prepare()
+        _OFFLINE[builder.name](data_dir=data_dir).download_and_prepare()
     except Exception:
         # Another process (another worker of the same job) may have finished
         # preparing the same directory first; its data is identical.
@@ -462,13 +470,26 @@ def _recipe(builder, image_size, channels, preprocess_mode="tf", invert=False):
     )
 
 
+def _fashion_mnist_missing_message(builder, data_dir):
+    target = str(data_dir) if data_dir else "DIR"
+    return (
+        f"Dataset 'fashion_mnist' is not prepared in {data_dir or builder.data_dir_root}, and "
+        f"the files normzoo prepares it from are not installed "
+        f"({', '.join(fashion_mnist.missing_files())}). Install them (Debian, Ubuntu; 30 MB, "
+        f"no other download):\n    apt-get install dataset-fashion-mnist\nor pass "
+        f"--data_dir={target} (data_dir='{target}' for normzoo.data.load) where fashion_mnist "
+        f"is already prepared (tfds build fashion_mnist --data_dir={target})."
+    )
+
+
 def _not_prepared_message(builder, data_dir):
     target = str(data_dir) if data_dir else "DIR"
     where = target if data_dir else f"the TFDS default data directory {builder.data_dir_root}"
     message = (
         f"Dataset {builder.name!r} is not prepared in {where} (there is no "
         f"{builder.data_dir}), and normzoo never downloads datasets: only the embedded "
-        "'digits' dataset is prepared automatically. Prepare it once, on a machine with "
+        "'digits' dataset and 'fashion_mnist' (from Debian's dataset-fashion-mnist) are "
+        "prepared automatically. Prepare it once, on a machine with "
         f"network access:\n    tfds build {builder.name} --data_dir={target}\n"
         f"then pass --data_dir={target} (scripts) or data_dir='{target}' (normzoo.data.load)."
     )
