@@ -47,13 +47,14 @@ def test_keras_file_round_trip_reproduces_outputs(family, norm, build_tiny, rand
     )
 
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+# The page that tells users what Keras says then.
+LIMITATIONS = Path(__file__).resolve().parents[2] / "docs" / "pages" / "limitations.md"
 
 
-def test_the_readme_quotes_what_keras_says_when_normzoo_was_not_imported(tmp_path, run_python):
+def test_the_docs_quote_what_keras_says_when_normzoo_was_not_imported(tmp_path, run_python):
     """A `.keras` file of a zoo model, and of a model converted by
     `bn.convert`, loaded in a process that has not imported normzoo: Keras'
-    messages are those the README quotes."""
+    messages are those docs/pages/limitations.md quotes."""
     keras.utils.set_random_seed(0)
     models.build("resnet20", num_classes=10, input_shape=(8, 8, 1)).save(tmp_path / "zoo.keras")
     inputs = keras.Input((8, 8, 1))
@@ -73,6 +74,6 @@ def test_the_readme_quotes_what_keras_says_when_normzoo_was_not_imported(tmp_pat
         "Exception encountered: Could not locate class 'BatchNorm'",
         "Exception encountered: Could not locate class 'BatchNormalization'",
     ], out
-    readme = " ".join(README.read_text().split())
+    page = " ".join(LIMITATIONS.read_text().split())
     for message in said:
-        assert f'"{message.removeprefix("Exception encountered: ")}"' in readme
+        assert f'"{message.removeprefix("Exception encountered: ")}"' in page
