@@ -4,7 +4,8 @@ unknown flag's error points to --help.
 
 The reference for "the script's own flags" is the script's --helpfull, which
 groups every flag by the module that defined it: the script itself, a
-`normzoo` module (normzoo.training.cli) or a shared module beside it
+`normzoo` or `normzoo_lab` module (normzoo.training.cli,
+normzoo_lab.benchmarks.cli) or a shared module beside it
 (lab/_grid_flags.py) are the script's; absl's, TensorFlow's and TFDS' are
 not. The reference for the docstring is the script's source text.
 
@@ -74,7 +75,7 @@ def _flags_by_module(help_text):
 def _is_the_scripts_own(module, script):
     return (
         module == script
-        or module.startswith("normzoo.")
+        or module.startswith(("normzoo.", "normzoo_lab."))
         or (ROOT / script).with_name(f"{module}.py").exists()
     )
 
@@ -85,7 +86,8 @@ def test_every_script_is_covered_and_parses_its_flags_with_app_run():
     for script in SCRIPTS:
         source = (ROOT / script).read_text()
         # normzoo.commands.app.run, directly or through a command's main.
-        runs = re.findall(r"\n    (\w+)\.(run|main)\(", source)
+        _, _, main_block = source.partition('\nif __name__ == "__main__":\n')
+        runs = re.findall(r"^    (\w+)\.(run|main)\(", main_block, re.MULTILINE)
         assert runs in ([("command_app", "run")], [("train", "main")], [("finetune", "main")]), script
         assert "from normzoo.commands import " in source, script
 
