@@ -1,6 +1,8 @@
 """Publishes a finished training run into checkpoints/: copies its final
 `model.weights.h5` and records it in `checkpoints/manifest.json` with the
-model, dataset, test accuracy, sha256 and the exact command that trained it.
+model, dataset, test accuracy, sha256, the exact command that trained it and
+its wall time (the epochs' wall seconds summed, so a resumed run counts every
+part; with the CPU of the machine publishing it: publish where it trained).
 
 The training loop writes that file with a sha256 per tensor
 (`normzoo.checkpoints.save_weights`); a file without them (from a run made
@@ -14,6 +16,7 @@ tensors' checksums and the manifest's sha256.
 
 import json
 import os
+import platform
 import shutil
 
 from absl import app, flags
@@ -46,6 +49,17 @@ def command_line(config):
         else:
             parts.append(f"--{name}={value}")
     return " ".join(parts)
+
+
+def machine():
+    """This machine's processor and core count, as the manifest records it."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def main(argv):
@@ -89,6 +103,8 @@ def main(argv):
         "test_accuracy": metrics["test_accuracy"],
         "epochs": config["epochs"],
         "command": command_line(config),
+        "wall_seconds": round(sum(epoch["wall_seconds"] for epoch in metrics["history"]), 1),
+        "machine": machine(),
         "tensorflow": resolved["environment"]["tensorflow"],
         "keras": resolved["environment"]["keras"],
     }

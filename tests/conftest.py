@@ -73,6 +73,7 @@ LARGE = (
     # The lab: the measuring apparatus, its scripts and experiments.
     "tests/lab/",
     "tests/data/test_fashion_mnist.py::test_every_example_of_the_pipeline_is_the_files_example",
+    "tests/checkpoints/test_shipped.py::test_a_fashion_mnist_checkpoint_reaches_its_recorded_test_accuracy",
     "tests/test_commands.py::test_an_unknown_command_is_a_usage_error",
     "tests/checkpoints/test_checksums.py::test_publish_checkpoint_ships_checksummed_files_only",
     "tests/models/test_saving.py::test_the_docs_quote_what_keras_says_when_normzoo_was_not_imported",

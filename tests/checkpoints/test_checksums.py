@@ -374,7 +374,12 @@ def _fake_run(model_dir, model, write):
         json.dumps({"config": config, "environment": {"tensorflow": "x", "keras": "y"}})
     )
     (model_dir / "metrics.json").write_text(
-        json.dumps({"steps": 10, "total_steps": 10, "test_accuracy": 0.5})
+        json.dumps({
+            "steps": 10, "total_steps": 10, "test_accuracy": 0.5,
+            # A run resumed after its first epoch: both parts' wall time count.
+            "time_this_run": {"wall_seconds": 30.25},
+            "history": [{"epoch": 0, "wall_seconds": 12.5}, {"epoch": 1, "wall_seconds": 30.25}],
+        })
     )
 
 
@@ -402,6 +407,8 @@ def test_publish_checkpoint_ships_checksummed_files_only(source, tmp_path, targe
     path = tmp_path / "published" / "tiny.weights.h5"
     manifest = json.loads((tmp_path / "published" / "manifest.json").read_text())
     assert manifest[0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert manifest[0]["wall_seconds"] == 42.8  # 12.5 + 30.25, rounded to 0.1 s
+    assert manifest[0]["machine"].endswith(f", {os.cpu_count()} cores")
     report = checkpoints.restore(target, path)
     assert report.verified and "manifest.json records" in report.verification
     assert processes[1].returncode != 0
