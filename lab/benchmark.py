@@ -33,6 +33,9 @@ benchmark.json (the numbers, the flags and the machine) to --output_dir:
       JAX backend (jax.jit), P2's conv net, in a subprocess      target <= 1.05
   P11 the main job's training step with --deterministic / with default
       ops (deterministic TensorFlow ops), one device             target <= 1.25
+  P12 one epoch of ResNet-20 on Fashion-MNIST (Debian's dataset-fashion-mnist):
+      normzoo train / an equivalent Keras model.fit, wall time, with
+      each side's images/s                                       target <= 1.0
 
 Ratios come from candidates timed in alternating rounds in the same process
 (`normzoo_lab.benchmarking.compare`), so machine noise reaches both alike. With

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 _SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "..", "lab")
-FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10", "P11")
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10", "P11", "P12")
 P2_MODELS = {
     "conv_net": "conv net step time, normzoo BatchNorm / keras BatchNormalization",
     "conv_net_renorm": "conv net step time, normzoo BatchNorm(renorm=True) / keras BatchNormalization(renorm=True)",
@@ -153,6 +153,24 @@ def test_main_job_figure_times_whole_runs_and_their_fit_twin(record):
     assert gap["value"] == max(gap["details"]["runs"][0]["epoch_gaps"])
     assert mirrored_gap["details"]["replicas"] == 2
     assert mirrored_gap["value"] == max(mirrored_gap["details"]["runs"][0]["epoch_gaps"])
+
+
+def test_fashion_mnist_figure_times_one_epoch_of_each_side(record):
+    # P12: the ratio is the medians' of the samples it shows; images/s are
+    # the epoch's images over each sample; normzoo's run holds its steps.
+    record, markdown = record
+    config = record["config"]
+    (row,) = [m for m in record["measurements"] if m["figure"] == "P12"]
+    details = row["details"]
+    assert row["target"] == "<= 1.0" and "Fashion-MNIST" in row["name"]
+    assert details["images"] == config["fashion_steps_per_epoch"] * config["fashion_batch_size"]
+    assert details["test_images"] == 10000
+    assert row["value"] == pytest.approx(details["normzoo_seconds"][0] / details["fit_seconds"][0])
+    assert details["fit_images_per_second"] == [details["images"] / s for s in details["fit_seconds"]]
+    (run,) = details["runs"]
+    assert run["steps"] == config["fashion_steps_per_epoch"]
+    assert run["wall_seconds"] == details["normzoo_seconds"][0] > run["step_seconds"] > 0
+    assert f"{details['normzoo_images_per_second'][0]:.0f} vs" in markdown
 
 
 def test_benchmark_layers_measures_the_batch_norm_figure_alone(tmp_path):

@@ -19,6 +19,7 @@ from normzoo_lab.benchmarks import (
     p9_main_job,
     p10_jax_batch_norm,
     p11_deterministic,
+    p12_fashion_mnist,
 )
 
 FIGURES = (
@@ -31,6 +32,7 @@ FIGURES = (
     p8_replica_statistics.FIGURE,
     p9_main_job.FIGURE,
     p11_deterministic.FIGURE,
+    p12_fashion_mnist.FIGURE,
     p10_jax_batch_norm.FIGURE,
     p7_depth.FIGURE,
     onednn.FIGURE,

@@ -93,6 +93,14 @@ class Settings:
                                     used_by=("P9",))
     determinism_rounds: int = _setting(21, "Alternating timing rounds of P11.", quick=1, used_by=("P11",))
     determinism_steps_per_round: int = _setting(5, "Steps timed per round in P11.", quick=1, used_by=("P11",))
+    fashion_model: str = _setting("resnet20", "Model of P12's epoch on Fashion-MNIST.", quick="wrn_10_1",
+                                  used_by=("P12",))
+    fashion_batch_size: int = _setting(128, "Batch of P12 (the Fashion-MNIST checkpoints' recipe).", quick=16,
+                                       used_by=("P12",))
+    fashion_steps_per_epoch: int = _setting(0, "Steps of P12's epoch (0: the training split over the batch).",
+                                            quick=2, used_by=("P12",))
+    fashion_rounds: int = _setting(2, "Alternating runs of P12 per side (normzoo, model.fit).", quick=1,
+                                   used_by=("P12",))
     compare_onednn: bool = _setting(True, "Also time ResNet-50 training with TF_ENABLE_ONEDNN_OPTS=0 and =1.",
                                     quick=False)
     onednn_rounds: int = _setting(2, "Subprocesses per TF_ENABLE_ONEDNN_OPTS value.", used_by=("oneDNN",))
@@ -122,7 +130,7 @@ class Settings:
                 raise ValueError(f"wrn_depths: {depth!r} is not a WRN depth n = 6N + 4 (10, 16, 22, ...).")
         if "P7" in self.figures and len(self.wrn_depths) < 2:
             raise ValueError("wrn_depths: P7 fits a line, give at least 2 depths.")
-        for name in ("sync_bn_model", "replica_model", "build_model"):
+        for name in ("sync_bn_model", "replica_model", "build_model", "fashion_model"):
             try:
                 models.check_name(getattr(self, name))
             except (ValueError, TypeError) as error:
