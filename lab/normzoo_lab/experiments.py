@@ -426,7 +426,8 @@ def depth_claims(summaries, *, batch_size, margin=0.02, failure_accuracy=0.5):
 
     Returns:
         A list of {"claim", "verdict" (`AGREES`, `DISAGREES` or
-        `NOT_TESTED`), "numbers"}: (1) SkipInit alpha = 0 at most `margin`
+        `NOT_TESTED`), "numbers", "spread" (the test-accuracy spread over
+        seeds of the cells it reads)}: (1) SkipInit alpha = 0 at most `margin`
         below BatchNorm at every depth; (2) alpha = 1 and no normalization fail,
         from some depth on, at every deeper depth (and at the deepest);
         (3) alpha = 1/sqrt(d) within `margin` of alpha = 0 at every depth.
@@ -481,7 +482,27 @@ def depth_claims(summaries, *, batch_size, margin=0.02, failure_accuracy=0.5):
             accuracy, depths, "skipinit0", "skipinit_rsqrt", margin, two_sided=True,
         )
     )
+    for claim, norms in zip(claims[-3:], (("batch", "skipinit0"), ("skipinit1", "none"), ("skipinit0", "skipinit_rsqrt"))):
+        claim["spread"] = _spreads(summaries, "depth", norms)
     return claims
+
+
+def _spreads(summaries, key, norms, values=None):
+    """The test-accuracy spread over seeds (max - min) of the cells of
+    `norms` (at `values` of `key`, or at every value), as "depth 16:
+    batch 0.017, skipinit0 0.042; ...": what a claim's differences are to
+    be read against."""
+    cells = {(cell[key], cell["norm"]): cell["test_accuracy_spread"] for cell in summaries}
+    parts = []
+    for value in sorted({cell[key] for cell in summaries} if values is None else values):
+        shown = [
+            f"{norm} {cells[(value, norm)]:.3f}"
+            for norm in norms
+            if cells.get((value, norm)) is not None
+        ]
+        if shown:
+            parts.append(f"{key.replace('_', ' ')} {value}: {', '.join(shown)}")
+    return "; ".join(parts) or "-"
 
 
 def _slope(xs, ys):
@@ -498,7 +519,8 @@ def batch_size_claims(summaries, *, small_batch=8):
         small_batch: Largest batch size of the small-batch claim.
 
     Returns:
-        A list of {"claim", "verdict", "numbers"}: (1) BatchNorm's selected
+        A list of {"claim", "verdict", "numbers", "spread"} (as
+        `depth_claims`): (1) BatchNorm's selected
         rate grows faster with the batch size than SkipInit's (slope of
         log2(rate) against log2(batch size), over the batch sizes where both
         trained); (2) BatchNorm's lead over SkipInit grows with the batch size
@@ -571,13 +593,16 @@ def batch_size_claims(summaries, *, small_batch=8):
             holds = holds and layer >= batch
             numbers.append(f"batch {size}: LayerNorm {layer:.3f}, BatchNorm {batch:.3f} ({layer - batch:+.3f})")
         claims.append(_claim(claim, AGREES if holds else DISAGREES, "; ".join(numbers)))
+    for claim in claims[:2]:
+        claim["spread"] = _spreads(summaries, "batch_size", ("batch", "skipinit0"))
+    claims[2]["spread"] = _spreads(summaries, "batch_size", ("layer", "batch"), small)
     return claims
 
 
 def claims_table(claims):
     """Markdown table of `depth_claims` / `batch_size_claims`."""
-    lines = ["| claim | verdict | numbers |", "|---|---|---|"]
-    lines += [f"| {c['claim']} | {c['verdict']} | {c['numbers']} |" for c in claims]
+    lines = ["| claim | verdict | numbers | spread of the test accuracy over seeds (max - min) |", "|---|---|---|---|"]
+    lines += [f"| {c['claim']} | {c['verdict']} | {c['numbers']} | {c.get('spread', '-')} |" for c in claims]
     return "\n".join(lines) + "\n"
 
 

@@ -270,6 +270,9 @@ def test_depth_claims_from_a_synthetic_result_with_known_verdicts():
     assert "skipinit1 fails from depth 100 (test accuracy by depth 16: 0.800, 100: diverged)" in failing["numbers"]
     assert "none fails from depth 16" in failing["numbers"]
     assert rsqrt["verdict"] == experiments.AGREES
+    # Each verdict shows the spread over seeds of the cells it reads.
+    assert parity["spread"] == "depth 16: batch 0.020, skipinit0 0.000; depth 100: batch 0.000, skipinit0 0.020"
+    assert failing["spread"] == "depth 16: skipinit1 0.000, none 0.000; depth 100: none 0.000"
     # The margin decides: 0.035 makes parity hold.
     assert experiments.depth_claims(summaries, batch_size=32, margin=0.035)[0]["verdict"] == experiments.AGREES
     # The article's parity is for batches <= 64; alpha = 1 training at the
@@ -307,5 +310,7 @@ def test_batch_size_claims_from_a_synthetic_result_with_known_verdicts():
     assert "batch 2: LayerNorm 0.920, BatchNorm 0.900 (+0.020)" in small["numbers"]
     assert "batch 8: LayerNorm 0.930, BatchNorm 0.940 (-0.010)" in small["numbers"]
     assert experiments.batch_size_claims(summaries, small_batch=2)[2]["verdict"] == experiments.AGREES
+    assert small["spread"] == "batch size 2: layer 0.000, batch 0.000; batch size 8: layer 0.000, batch 0.000"
     table = experiments.claims_table([rates])
     assert table.splitlines()[2].startswith(f"| {rates['claim']} | agrees | slope of log2(rate)")
+    assert table.splitlines()[2].endswith(f"| {rates['spread']} |")
