@@ -2,11 +2,14 @@
 [flags]` runs one (e.g. `python -m normzoo train --epochs=1`), as its
 console script does."""
 
-import importlib
 import sys
 
 import normzoo
-from normzoo.commands import COMMANDS
+from normzoo.commands import COMMANDS, finetune, train
+
+# The `main` of each command's module (COMMANDS names the modules); both
+# modules are light to import: TensorFlow comes with a command's run.
+_MAINS = {"normzoo.commands.train": train.main, "normzoo.commands.finetune": finetune.main}
 
 
 def _usage():
@@ -36,7 +39,7 @@ def main(argv):
         return 2
     script, module = by_subcommand[argv[1]]
     sys.argv = [script, *argv[2:]]
-    importlib.import_module(module).main()
+    _MAINS[module]()
     return 0
 
 

@@ -39,6 +39,19 @@ def test_python_m_normzoo_lists_every_declared_command():
         assert function == "main" and (ROOT / (module.replace(".", "/") + ".py")).exists(), target
 
 
+def test_python_m_normzoo_runs_the_main_setup_cfg_declares_for_each_command():
+    import importlib
+
+    from normzoo import __main__ as entry
+    from normzoo.commands import COMMANDS
+
+    declared = _declared_console_scripts()
+    for script, (_, module, _) in COMMANDS.items():
+        assert declared[script] == f"{module}:main"
+        assert entry._MAINS[module] is importlib.import_module(module).main
+    assert set(entry._MAINS) == {module for _, module, _ in COMMANDS.values()}
+
+
 def test_an_unknown_command_is_a_usage_error():
     result = _run("-m", "normzoo", "evaluate")
     assert result.returncode == 2

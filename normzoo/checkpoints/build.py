@@ -143,7 +143,7 @@ def _check_weights(name, weights):
     weights = os.fspath(weights)
     if not re.fullmatch(r"\w+", weights) or weights in shipped_files.names():
         return
-    if os.path.exists(weights) or os.path.exists(f"{weights}.index"):
+    if shipped_files.exists(weights):
         return
     if name in _KERAS_APPLICATIONS_MODELS:
         file_name = integrity.keras_applications_file(name)

@@ -12,6 +12,8 @@ file or directory of that name exists; reading it checks its sha256
 against the manifest (`normzoo.checkpoints.integrity`).
 """
 
+import copy
+import functools
 import json
 import os
 
@@ -20,11 +22,9 @@ from normzoo.checkpoints import integrity
 DIRECTORY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_shipped")
 
 
-def shipped():
-    """The manifest entries of the shipped checkpoints, in its order: dicts
-    with "name", "file", "sha256", "model", "norm", "dataset",
-    "test_accuracy", the command that trained it, ... (a copy; empty when
-    the install has none)."""
+@functools.cache
+def _manifest():
+    """The install's manifest, read once: it never changes while normzoo runs."""
     try:
         with open(os.path.join(DIRECTORY, integrity.MANIFEST)) as file:
             return json.load(file)
@@ -32,17 +32,31 @@ def shipped():
         return []
 
 
+def shipped():
+    """The manifest entries of the shipped checkpoints, in its order: dicts
+    with "name", "file", "sha256", "model", "norm", "dataset",
+    "test_accuracy", the command that trained it, ... (a copy; empty when
+    the install has none)."""
+    return copy.deepcopy(_manifest())
+
+
 def names():
     """The names of the shipped checkpoints."""
-    return [entry["name"] for entry in shipped()]
+    return [entry["name"] for entry in _manifest()]
+
+
+def exists(path):
+    """Whether a file, a directory or a TensorFlow checkpoint prefix (its
+    `.index` file) is at `path`: what wins over a shipped checkpoint's name."""
+    return os.path.exists(path) or os.path.exists(f"{path}.index")
 
 
 def resolve(path):
-    """`path` itself, unless no file or directory `path` exists and it is the
-    name of a shipped checkpoint: then that checkpoint's file."""
-    if os.path.exists(path) or os.path.exists(f"{path}.index"):
+    """`path` itself, unless nothing `exists` at `path` and it is the name of
+    a shipped checkpoint: then that checkpoint's file."""
+    if exists(path):
         return path
-    for entry in shipped():
+    for entry in _manifest():
         if entry["name"] == path:
             return os.path.join(DIRECTORY, entry["file"])
     return path
