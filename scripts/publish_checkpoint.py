@@ -30,6 +30,9 @@ flags.DEFINE_string(
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints"),
     "Where the weights and manifest.json go.",
 )
+flags.DEFINE_string(
+    "note", None, "A remark recorded with the entry, e.g. what else ran on the machine while it trained.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -105,6 +108,7 @@ def main(argv):
         "command": command_line(config),
         "wall_seconds": round(sum(epoch["wall_seconds"] for epoch in metrics["history"]), 1),
         "machine": machine(),
+        **({"note": FLAGS.note} if FLAGS.note else {}),
         "tensorflow": resolved["environment"]["tensorflow"],
         "keras": resolved["environment"]["keras"],
     }
