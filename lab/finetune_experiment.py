@@ -1,4 +1,4 @@
-"""Article 002 as an experiment: fine-tune a shipped ResNet-20 with BatchNorm
+r"""Article 002 as an experiment: fine-tune a shipped ResNet-20 with BatchNorm
 (trained on digits, or on Fashion-MNIST) on its inverted images after a full
 restore and after a trainable-only restore, and test it on mixed-class and
 single-class batches, with one or more seeds.

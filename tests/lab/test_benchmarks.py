@@ -77,9 +77,9 @@ def test_a_target_without_a_comparison_is_refused():
 
 @pytest.mark.parametrize(
     "change, setting",
-    [({"figures": ("P12",)}, "figures"), ({"layers_modes": ("jit",)}, "layers_modes"),
+    [({"figures": ("P99",)}, "figures"), ({"layers_modes": ("jit",)}, "layers_modes"),
      ({"layers_cases": ("gru",)}, "layers_cases"), ({"wrn_depths": ("16", "17")}, "wrn_depths"),
-     ({"build_model": "resnet51"}, "build_model")],
+     ({"build_model": "resnet51"}, "build_model"), ({"fashion_model": "resnet51"}, "fashion_model")],
 )
 def test_bad_settings_are_named(change, setting):
     with pytest.raises(ValueError, match=f"^{setting}: "):
