@@ -19,6 +19,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # is unused: it is made unimportable, and torch then does without it.
 sys.modules.setdefault("triton", None)
 
+# Under Keras' JAX backend the CPU shows as two devices, set before JAX
+# starts (as TensorFlow's two logical CPUs below), so that
+# keras.distribution.DataParallel runs on 2 devices (tests/jax/
+# test_data_parallel.py). It changes nothing on a GPU, and single-device
+# code runs on the first one.
+if os.environ.get("KERAS_BACKEND") == "jax":
+    os.environ["XLA_FLAGS"] = " ".join(
+        [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=2"]
+    ).strip()
+
 import keras  # noqa: E402
 
 NUM_LOGICAL_CPUS = 2

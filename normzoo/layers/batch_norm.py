@@ -94,8 +94,17 @@ class BatchNorm(AffineNormalization):
       On Keras' other backends (JAX) the layer computes the same formula
       with `keras.ops` and the backend differentiates it, with the same
       guarantees (accuracy when |mean| >> std, masks, renorm, float32
-      statistics); `synchronized=True` needs TensorFlow (a ValueError
-      elsewhere, as in Keras).
+      statistics).
+    - On JAX, under `keras.distribution.DataParallel`, a jit-compiled step
+      is one program over the global batch, sharded across the devices:
+      the layer's moments are those of the global batch (XLA's SPMD
+      partitioner adds the all-reduces), whatever `synchronized` says.
+      So `synchronized=True` is accepted there (Keras refuses it on JAX)
+      and `synchronized=False` means the same thing: the global batch's
+      statistics, not TensorFlow MirroredStrategy's per-replica ones. A
+      data-parallel step equals one device's step on the whole batch, and
+      the moving statistics are one replicated copy. On PyTorch, where
+      Keras has no data-parallel API, `synchronized=True` is a ValueError.
     - Called eagerly on TensorFlow (outside a distribution strategy), a
       training-mode call runs as one `tf.function`, traced on the first
       call of each input signature: its few dozen small ops would each pay
@@ -177,7 +186,9 @@ class BatchNorm(AffineNormalization):
         synchronized: If True, under a `tf.distribute` strategy with several
             replicas, normalize with the statistics of the global batch.
             Without a strategy this is ordinary batch normalization.
-            TensorFlow backend only.
+            TensorFlow and JAX backends (on JAX every BatchNorm sees the
+            global batch under `keras.distribution.DataParallel`, so True
+            and False compute the same); a ValueError on PyTorch.
         frozen_stats: If True, always normalize with the moving statistics and
             never update them, in training too. May be changed after
             construction; as with `trainable`, call `model.compile()` again
@@ -240,11 +251,12 @@ class BatchNorm(AffineNormalization):
             gamma_constraint=gamma_constraint,
             **kwargs,
         )
-        if synchronized and keras.backend.backend() != "tensorflow":
+        if synchronized and keras.backend.backend() not in ("tensorflow", "jax"):
             raise ValueError(
-                "`synchronized=True` needs the TensorFlow backend (it uses "
-                f"tf.distribute); the Keras backend is {keras.backend.backend()!r}. "
-                "Use synchronized=False, or set KERAS_BACKEND=tensorflow."
+                "`synchronized=True` needs a backend with data parallelism: TensorFlow "
+                "(tf.distribute) or JAX (keras.distribution.DataParallel); the Keras backend "
+                f"is {keras.backend.backend()!r}, on which Keras has no data-parallel API. "
+                "Use synchronized=False, or set KERAS_BACKEND=tensorflow or jax."
             )
         self.axis = _feature_axis(axis)
         self.momentum = _momentum(momentum, "momentum")

@@ -277,11 +277,6 @@ def test_fit_with_jit_compile_trains_and_matches_keras_batch_normalization():
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
-def test_synchronized_names_the_tensorflow_backend():
-    with pytest.raises(ValueError, match="TensorFlow backend.*KERAS_BACKEND=tensorflow"):
-        BatchNorm(synchronized=True)
-
-
 @pytest.mark.parametrize("axis", [-1, (1, 2, 3)])
 def test_layer_norm_matches_keras_and_stays_accurate_when_mean_dwarfs_std(axis):
     shape = (4, 5, 6, 3)

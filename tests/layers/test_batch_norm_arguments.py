@@ -11,6 +11,10 @@ import pytest
 
 from normzoo.layers import BatchNorm
 
+# A NumPy copy of a tensor or variable on any backend (np.asarray fails
+# for a PyTorch tensor that requires grad).
+numpy = keras.ops.convert_to_numpy
+
 KERAS_CONFIGS = {
     "defaults": {},
     "channels_first_no_center": dict(
@@ -31,7 +35,7 @@ KERAS_CONFIGS = {
     "renorm": dict(renorm=True, renorm_clipping={"rmax": 3.0, "rmin": 0.3, "dmax": 5.0}, renorm_momentum=0.9),
     "mixed_precision_frozen": dict(dtype="mixed_float16", trainable=False, name="custom"),
 }
-# Both layers refuse synchronized=True on another backend (tested below).
+# Keras refuses synchronized=True on any other backend, normzoo on PyTorch (tested below).
 if keras.backend.backend() == "tensorflow":
     KERAS_CONFIGS["synchronized"] = dict(synchronized=True, scale=False)
 
@@ -59,13 +63,13 @@ def test_a_keras_config_builds_the_equivalent_layer(arguments):
     x = np.random.default_rng(0).normal(1.0, 2.0, shape).astype(theirs.compute_dtype)
     for training in (True, False, True):
         np.testing.assert_allclose(
-            np.asarray(ours(x, training=training), np.float32),
-            np.asarray(theirs(x, training=training), np.float32),
+            numpy(ours(x, training=training)).astype(np.float32),
+            numpy(theirs(x, training=training)).astype(np.float32),
             rtol=1e-5 if theirs.compute_dtype == "float32" else 1e-2,
             atol=1e-5 if theirs.compute_dtype == "float32" else 1e-2,
         )
     for mine, keras_weight in zip(ours.weights, theirs.weights):
-        np.testing.assert_allclose(mine.numpy(), keras_weight.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(numpy(mine), numpy(keras_weight), rtol=1e-5, atol=1e-6)
 
 
 def test_arguments_are_keras_in_keras_order_then_frozen_stats_and_all_in_the_config():
@@ -161,17 +165,26 @@ def test_arguments_keras_takes_but_that_cannot_work_are_refused(case):
 
 
 def test_an_input_without_a_batch_axis_is_refused_naming_the_fix():
-    """Keras normalizes a rank-1 input over nothing (output: beta)."""
+    """Keras normalizes a rank-1 input over nothing (output: beta) on
+    TensorFlow and JAX, and fails inside its call on PyTorch."""
     x = np.arange(3.0, dtype="float32")
-    np.testing.assert_array_equal(keras.layers.BatchNormalization()(x, training=True), 0.0)
+    if keras.backend.backend() == "torch":
+        # Keras 3.15.1's torch batch_normalization reshapes the (3,)
+        # statistics to the input's broadcast shape [1].
+        with pytest.raises(RuntimeError, match=r"shape '\[1\]' is invalid for input of size 3"):
+            keras.layers.BatchNormalization()(x, training=True)
+    else:
+        np.testing.assert_array_equal(numpy(keras.layers.BatchNormalization()(x, training=True)), 0.0)
     with pytest.raises(ValueError, match=r"rank >= 2.*Add a batch axis"):
         BatchNorm()(x, training=True)
 
 
 @pytest.mark.parametrize("layer_class", [BatchNorm, keras.layers.BatchNormalization])
 def test_synchronized_on_another_backend_is_a_value_error_as_in_keras(monkeypatch, layer_class):
-    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    monkeypatch.setattr(keras.src.backend, "backend", lambda: "jax")
+    # PyTorch: Keras has no data-parallel API there. (On JAX normzoo accepts
+    # it, Keras does not: tests/jax/test_data_parallel.py.)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    monkeypatch.setattr(keras.src.backend, "backend", lambda: "torch")
     with pytest.raises(ValueError, match="synchronized"):
         layer_class(synchronized=True)
     layer_class(synchronized=False)
