@@ -11,7 +11,7 @@
                          from its trainable variables only
     path_lengths.py      the path-length analysis of residual networks
     signal_propagation.py the variance of the skip path and of each branch
-    gpu_check.py         the one-shot GPU check under JAX (lab/gpu_check.py)
+    gpu_check.py         the one-shot GPU check under JAX or PyTorch (lab/gpu_check.py)
 
 It imports the library (`normzoo`), never the reverse; the lab's scripts
 (lab/*.py) put this directory on `sys.path` by being run from it, and the

@@ -2,7 +2,6 @@
 backend in which importing `tensorflow` fails, as where it is not
 installed."""
 
-import json
 import textwrap
 
 import keras
@@ -87,33 +86,3 @@ def test_normzoo_its_layers_models_bn_and_checkpoints_import_and_run_without_ten
     assert out.splitlines() == [
         "(8, 10) True", "False", "data True", "training True", "normzoo.data BackendError", "exit 1"
     ]
-
-
-def test_the_gpu_check_runs_without_tensorflow_at_tiny_size(tmp_path, run_without_tensorflow):
-    """lab/gpu_check.py --tiny, as on the GPU machine (JAX, no
-    TensorFlow): one JSON whose numerical checks all pass and whose
-    timings and losses are finite."""
-    output = tmp_path / "gpu_check.json"
-    run_without_tensorflow(
-        f"""
-        import runpy
-        sys.path.insert(0, "lab")  # as `python lab/gpu_check.py` has it
-        sys.argv = ["gpu_check.py", "--tiny", "--output={output}"]
-        runpy.run_path("lab/gpu_check.py", run_name="__main__")
-        """
-    )
-    record = json.loads(output.read_text())
-    assert record["machine"]["keras_backend"] == "jax" and record["machine"]["tensorflow"] is None
-    names = {(check["name"], check["policy"]) for check in record["numerics"]}
-    assert ("BatchNorm training, mean 1e4, std 1e-2: moving variance", "float32") in names
-    assert ("BatchNorm training, mean 1.5, std 2: outputs", "mixed_bfloat16") in names
-    assert {"LayerNorm per image", "SkipInit"} <= {name for name, _ in names}
-    assert all(check["passed"] for check in record["numerics"]), record["numerics"]
-    assert record["passed"]
-    assert record["batch_norm_step"]["normzoo_step_ms"] > 0
-    assert [(r["norm"], r["policy"]) for r in record["training"]] == [
-        ("batch", "float32"), ("layer", "float32"), ("skipinit", "float32"), ("batch", "mixed_bfloat16")
-    ]
-    assert all(np.isfinite(r["loss_after"]) and r["images_per_second"] > 0 for r in record["training"])
-    fold = record["fold"]
-    assert fold["max_abs_output_difference"] <= 1e-3 * max(1.0, fold["max_abs_output"])
