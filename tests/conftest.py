@@ -38,8 +38,9 @@ NUM_LOGICAL_CPUS = 2
 if keras.backend.backend() == "tensorflow":
     import tensorflow as tf
 
-    # tests/jax/ runs in a JAX process of its own (tests/test_backends.py).
-    collect_ignore = ["jax"]
+    # tests/jax/ and tests/torch/ run in a JAX and a PyTorch process of
+    # their own (tests/test_backends.py).
+    collect_ignore = ["jax", "torch"]
 
     _cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
@@ -215,7 +216,7 @@ def torch_reference():
 def run_python():
     """run_python(*args, backend): runs `python *args` in a process of its
     own, from the repository root with normzoo importable and Keras on
-    `backend` ("tensorflow", "jax"); asserts that it exits 0 (showing the
+    `backend` ("tensorflow", "jax", "torch"); asserts that it exits 0 (showing the
     end of its stderr if not) and returns its stdout."""
 
     def run(*args, backend):

@@ -84,7 +84,9 @@ def shifted_moments(x, axes, mask=None):
     """
     if mask is None:
         shape = ops.shape(x)
-        count = ops.cast(math.prod(shape[a] for a in axes), x.dtype)
+        # A list, not a generator: torch.compile cannot trace math.prod of a
+        # generator (a graph break in every training-mode call).
+        count = ops.cast(math.prod([shape[a] for a in axes]), x.dtype)
         first = tuple(slice(0, 1) if a in axes else slice(None) for a in range(len(x.shape)))
         # The sum of a single element is that element, and an empty batch gets
         # a shift of the statistics' shape (0) instead of an empty one.

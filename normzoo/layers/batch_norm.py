@@ -285,8 +285,10 @@ class BatchNorm(AffineNormalization):
                 f"The feature axis {self.axis} of input shape {input_shape} must be known."
             )
         self._feature_axis = feature_axis
-        self._reduction_axes = [a for a in range(ndim) if a != feature_axis]
-        self._broadcast_shape = broadcast_shape(input_shape, (feature_axis,))
+        # Tuples: Keras tracks a list set on a layer as a TrackedList, which
+        # torch.compile cannot pass to torch ops (a graph break per call).
+        self._reduction_axes = tuple(a for a in range(ndim) if a != feature_axis)
+        self._broadcast_shape = tuple(broadcast_shape(input_shape, (feature_axis,)))
         self._fused_data_format = _kernels.fused_data_format(feature_axis, ndim)
         dtype = statistics_dtype(self.variable_dtype)
         shape = (channels,)
