@@ -28,11 +28,12 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 numpy = keras.ops.convert_to_numpy
 
-# One model per block layout of the zoo: CIFAR ResNet, v1 basic (deep
-# stem), v1 bottleneck, v2 pre-activation, Wide-ResNet. The other names are
-# these blocks in other numbers (tests/models/ builds each on TensorFlow).
-FAMILIES = {"resnet20": {"width": 4}, "resnet18d": {"width": 4}, "resnet50": {"width": 4},
-            "resnet50v2": {"width": 4}, "wrn_10_1": {}}
+
+
+def small(name):
+    """The overrides that make `name` small: width 4 where its family
+    takes a width (every ResNet); the Wide-ResNets as they are."""
+    return {} if name.startswith("wrn_") else {"width": 4}
 
 
 def tiny_model(norm, seed=0):
@@ -46,13 +47,18 @@ def batch(n=16, seed=0):
 
 
 @pytest.mark.parametrize("norm", naming.NORMS)
-@pytest.mark.parametrize("name", FAMILIES)
-def test_every_family_builds_and_runs_with_every_norm(name, norm):
-    model = models.build(name, norm=norm, num_classes=3, input_shape=(16, 16, 3), **FAMILIES[name])
+@pytest.mark.parametrize("name", models.names())
+def test_every_model_builds_and_runs_with_every_norm(name, norm):
+    model = models.build(name, norm=norm, num_classes=3, input_shape=(16, 16, 3), **small(name))
     images = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
+    # Without normalization the residual stream's variance doubles with
+    # each block (Balduzzi et al.; what SkipInit's alpha = 0 prevents): the
+    # 600 blocks of ResNet-1202 overflow float32, on every backend.
+    overflows = norm == "none" and name == "resnet1202"
     for training in (True, False):
         outputs = numpy(model(images, training=training))
-        assert outputs.shape == (2, 3) and np.isfinite(outputs).all()
+        assert outputs.shape == (2, 3)
+        assert np.isfinite(outputs).all() != overflows, outputs
     kinds = {type(layer) for layer in model.layers}
     expected = {"batch": layers.BatchNorm, "layer": layers.LayerNorm, "skipinit": layers.SkipInit}.get(norm)
     assert expected is None or expected in kinds
