@@ -19,7 +19,8 @@ import contextlib
 import tensorflow as tf
 
 from normzoo import _tf_internals, runtime
-from normzoo.layers._statistics import corrected, shifted_moments, standardized
+# selected_only: for _distributed_moments, whose gradient masks the same way.
+from normzoo.layers._statistics import closed_form_training, selected_only  # noqa: F401
 
 DATA_FORMATS = {3: "NHWC", 1: "NCHW"}
 
@@ -94,78 +95,9 @@ def in_xla_context():
 def batch_norm_training_composed(
     x, gamma, beta, epsilon, axes, shape, mask=None, correction=None
 ):
-    """Returns `(outputs, mean, variance, count)` as `batch_norm_training`
-    does, for any rank: statistics over `axes` of `x`, `gamma` and `beta`
-    reshaped to `shape`; with a boolean `mask` (broadcastable to `x`, of
-    `x`'s shape along `axes`), statistics of the elements where it is True
-    (every element is normalized with them). An empty selection has mean 0
-    and variance 0 (see `shifted_moments`), and `count` 0. With a
-    `correction` (Batch Renormalization's, see `corrected`), the
-    standardized batch is scaled by gamma * r and offset by gamma * d +
-    beta, from the same moments: one pass of the batch. The forward pass
-    is the shifted-data formula; the backward pass is batch normalization's
-    closed-form gradient
-
-        dx = gamma / std * (dy - mean(dy) - x_hat * mean(dy * x_hat))
-
-    (the same arithmetic the fused kernel's gradient does), instead of the
-    chain rule through every elementwise op of the forward pass. The mean
-    and variance carry no gradient: they only feed the moving statistics.
-    With a mask, the means are over the n selected elements, the sums in
-    them over all elements (every output depends on the statistics), and
-    the two terms after dy vanish where the mask is False (those elements
-    do not enter the statistics): sum(dy) / n and x_hat * sum(dy * x_hat) / n
-    with the selection's x_hat.
-
-    Both passes are written as per-channel affine maps of the shifted input
-    `deviation` = x - shift (and of dy): outputs = a * deviation + c and
-    dx = a * dy + b * deviation + e, with per-channel vectors a, b, c, e.
-    Everything of the batch's size is then read once and never recomputed
-    through x_hat, which lets XLA fuse a convolution bias's gradient (a
-    reduction of dx) like any other reduction: written through x_hat, XLA
-    folded the whole gradient into that reduction as a slow per-channel
-    loop, and ResNet-50 (keras.applications layout, whose convolutions
-    have biases) trained 10-20% slower than Keras' BatchNormalization;
-    this way it is as fast (lab/benchmark.py, P1). `deviation` and the
-    residual mean(deviation) are of the order of the standard deviation,
-    so nothing of the size of |mean| is rounded."""
-
-    # Values: a custom gradient must not read variables itself.
-    gamma, beta = tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta)
-    correction_inputs = [tf.convert_to_tensor(t) for t in correction.inputs] if correction else []
-
-    @tf.custom_gradient
-    def normalize(x, gamma, beta, *correction_inputs):
-        count, shift, deviation, residual, variance = shifted_moments(x, axes, mask)
-        mean = tf.reshape(shift + residual, [-1])
-        scale_by, offset_by, affine_gradient = corrected(
-            correction, gamma, beta, mean, tf.reshape(variance, [-1]), correction_inputs
-        )
-        outputs, inverse_std, scale = standardized(
-            deviation, residual, variance, scale_by, offset_by, epsilon, shape
-        )
-        divisor = tf.maximum(count, 1.0)
-
-        def gradient(d_outputs, d_mean, d_variance, d_count):
-            del d_mean, d_variance, d_count
-            d_offset = tf.reduce_sum(d_outputs, axes, keepdims=True)
-            # sum(dy * x_hat), with x_hat = (deviation - residual) / std.
-            d_scale = inverse_std * (
-                tf.reduce_sum(d_outputs * deviation, axes, keepdims=True) - residual * d_offset
-            )
-            # dx = scale * (dy - d_offset / n - x_hat * d_scale / n)
-            #    = scale * dy + b * (deviation - residual) - scale * d_offset / n
-            b = -scale * inverse_std * d_scale / divisor
-            d_statistics = deviation * b - (scale * d_offset / divisor + b * residual)
-            d_x = d_outputs * scale + selected_only(d_statistics, mask)
-            d_gamma, d_beta = affine_gradient(tf.reshape(d_scale, [-1]), tf.reshape(d_offset, [-1]))
-            return (d_x, d_gamma, d_beta, *(tf.zeros_like(t) for t in correction_inputs))
-
-        return (outputs, mean, tf.reshape(variance, [-1]), tf.reshape(count, [-1])), gradient
-
-    return normalize(x, gamma, beta, *correction_inputs)
-
-
-def selected_only(value, mask):
-    """`value` where `mask` is True and 0 elsewhere; `value` if there is no mask."""
-    return value if mask is None else tf.where(mask, value, tf.zeros([], value.dtype))
+    """`_statistics.closed_form_training` (its sums written for XLA while
+    ops are traced for XLA, see `in_xla_context`): for other ranks, masks,
+    renorm and XLA."""
+    return closed_form_training(
+        x, gamma, beta, epsilon, axes, shape, mask, correction, compiled_by_xla=in_xla_context()
+    )

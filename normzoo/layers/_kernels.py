@@ -7,23 +7,30 @@ backend and are imported only where that backend runs:
 
 - TensorFlow (`_fused.py`, `_distributed_moments.py`): the fused kernel
   for 4-D input; the composed formula with batch normalization's
-  closed-form gradient (`tf.custom_gradient`) for other ranks, masks and
-  XLA; the global batch's statistics under a `tf.distribute` strategy;
-  the replica average of the moving statistics.
-- JAX and PyTorch: the composed formula (`composed_training`), which they
-  differentiate themselves. Under jax.jit its gradient follows the float64
-  textbook formula at mean 1e4, std 1e-2 as the closed form does
-  (tests/jax/test_layers.py); benchmark P10 compares its training step
-  with Keras' own BatchNormalization under JAX. There is no strategy to
-  synchronize over.
+  closed-form gradient (`_statistics.closed_form_training`) for other
+  ranks, masks and XLA; the global batch's statistics under a
+  `tf.distribute` strategy; the replica average of the moving statistics.
+- JAX: the same closed form, its sums written for XLA, which compiles
+  every JAX op. Under jax.jit its gradient follows the float64 textbook
+  formula at mean 1e4, std 1e-2 (tests/jax/test_layers.py); benchmarks
+  P10 and P13 compare its training step with Keras' own
+  BatchNormalization under JAX.
+- PyTorch: the composed formula (`composed_training`), which PyTorch
+  differentiates itself.
+- JAX and PyTorch have no strategy to synchronize over.
 """
 
 import contextlib
 
 from keras import ops
 
-from normzoo.backends import TENSORFLOW
-from normzoo.layers._statistics import corrected, shifted_moments, standardized
+from normzoo.backends import BACKEND, TENSORFLOW
+from normzoo.layers._statistics import (
+    closed_form_training,
+    corrected,
+    shifted_moments,
+    standardized,
+)
 
 if TENSORFLOW:
     from normzoo.layers import _distributed_moments, _fused
@@ -57,6 +64,10 @@ def batch_norm_training(
     if context is not None:
         return _distributed_moments.batch_norm_training(
             x, gamma, beta, epsilon, axes, shape, context, mask, correction
+        )
+    if BACKEND == "jax":
+        return closed_form_training(
+            x, gamma, beta, epsilon, axes, shape, mask, correction, compiled_by_xla=True
         )
     if not TENSORFLOW:
         return composed_training(x, gamma, beta, epsilon, axes, shape, mask, correction)

@@ -91,10 +91,10 @@ class BatchNorm(AffineNormalization):
       with its closed-form gradient (which XLA fuses better than its own
       batch-norm op, which a synchronized layer gets with one collective
       each way, and into which renorm's r and d fold from the same moments).
-      On Keras' other backends (JAX) the layer computes the same formula
-      with `keras.ops` and the backend differentiates it, with the same
-      guarantees (accuracy when |mean| >> std, masks, renorm, float32
-      statistics).
+      On JAX the layer computes the same formula and closed-form gradient
+      with `keras.ops` (its sums written for XLA); on PyTorch the formula,
+      which PyTorch differentiates; both with the same guarantees
+      (accuracy when |mean| >> std, masks, renorm, float32 statistics).
     - On JAX, under `keras.distribution.DataParallel`, a jit-compiled step
       is one program over the global batch, sharded across the devices:
       the layer's moments are those of the global batch (XLA's SPMD
