@@ -36,6 +36,12 @@ benchmark.json (the numbers, the flags and the machine) to --output_dir:
   P12 one epoch of ResNet-20 on Fashion-MNIST (Debian's dataset-fashion-mnist):
       normzoo train / an equivalent Keras model.fit, wall time, with
       each side's images/s                                       target <= 1.0
+  P13 BatchNorm against the memory limit: one training forward + backward
+      of the layer alone on a (32, 56, 56, 64) float32 tensor, normzoo /
+      Keras in TensorFlow graph, TensorFlow XLA, JAX jit, PyTorch eager and
+      torch.compile, with each side's effective bandwidth (8 passes of the
+      tensor / step time) and its fraction of a NumPy copy's   target <= 1.0
+      normzoo's XLA step / its graph step                        target <= 1.0
 
 Ratios come from candidates timed in alternating rounds in the same process
 (`normzoo_lab.benchmarking.compare`), so machine noise reaches both alike. With

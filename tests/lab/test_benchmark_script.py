@@ -10,7 +10,7 @@ import sys
 import pytest
 
 _SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "..", "lab")
-FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10", "P11", "P12")
+FIGURES = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10", "P11", "P12", "P13")
 P2_MODELS = {
     "conv_net": "conv net step time, normzoo BatchNorm / keras BatchNormalization",
     "conv_net_renorm": "conv net step time, normzoo BatchNorm(renorm=True) / keras BatchNormalization(renorm=True)",
@@ -171,6 +171,34 @@ def test_fashion_mnist_figure_times_one_epoch_of_each_side(record):
     assert run["steps"] == config["fashion_steps_per_epoch"]
     assert run["wall_seconds"] == details["normzoo_seconds"][0] > run["step_seconds"] > 0
     assert f"{details['normzoo_images_per_second'][0]:.0f} vs" in markdown
+
+
+def test_bandwidth_figure_covers_every_backend_with_bandwidths_from_its_times(record):
+    # P13: a normzoo / Keras row per mode (TensorFlow's in this process, JAX's
+    # and PyTorch's in their own), each ratio and bandwidth computed from the
+    # times it shows, the fraction from the copy measured in the same run;
+    # and normzoo's XLA step against its graph step.
+    record, markdown = record
+    config = record["config"]
+    rows = {row["mode"]: row for row in record["batch_norm_bandwidth"]}
+    assert list(rows) == config["bandwidth_modes"]
+    shape = [config["bandwidth_batch_size"], config["bandwidth_image_size"], config["bandwidth_image_size"],
+             config["bandwidth_channels"]]
+    num_bytes = 8 * math.prod(shape) * 4
+    measured = [m for m in record["measurements"] if m["figure"] == "P13"]
+    assert len(measured) == len(rows) + 1
+    for m, row in zip(measured, rows.values()):
+        assert m["target"] == "<= 1.0" and m["details"] == row
+        assert row["shape"] == shape and row["bytes_moved"] == num_bytes
+        assert m["value"] == pytest.approx(row["normzoo_ms"] / row["keras_ms"])
+        assert row["normzoo_gb_per_s"] == pytest.approx(num_bytes / (row["normzoo_ms"] * 1e6))
+        assert row["copy_gb_per_s"] == pytest.approx(2 * math.prod(shape) * 4 / (row["copy_ms"] * 1e6))
+        assert row["fraction_of_copy_bandwidth"] == pytest.approx(row["normzoo_gb_per_s"] / row["copy_gb_per_s"])
+        assert row["profile"]
+    assert rows["jax"]["versions"]["jax"] and rows["torch"]["versions"]["torch"]
+    xla_over_graph = measured[-1]
+    assert xla_over_graph["value"] == pytest.approx(rows["xla"]["normzoo_ms"] / rows["graph"]["normzoo_ms"])
+    assert "## P13: BatchNorm training forward + backward" in markdown
 
 
 def test_benchmark_layers_measures_the_batch_norm_figure_alone(tmp_path):

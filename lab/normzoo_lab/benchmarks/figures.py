@@ -20,6 +20,7 @@ from normzoo_lab.benchmarks import (
     p10_jax_batch_norm,
     p11_deterministic,
     p12_fashion_mnist,
+    p13_batch_norm_bandwidth,
 )
 
 FIGURES = (
@@ -34,6 +35,7 @@ FIGURES = (
     p11_deterministic.FIGURE,
     p12_fashion_mnist.FIGURE,
     p10_jax_batch_norm.FIGURE,
+    p13_batch_norm_bandwidth.FIGURE,
     p7_depth.FIGURE,
     onednn.FIGURE,
 )

@@ -10,7 +10,7 @@ import dataclasses
 
 from normzoo import models
 from normzoo_lab import benchmarking
-from normzoo_lab.benchmarks import p2_batch_norm
+from normzoo_lab.benchmarks import p2_batch_norm, p13_batch_norm_bandwidth
 from normzoo_lab.benchmarks.figures import FIGURES
 
 SELECTABLE = tuple(sorted(figure.id for figure in FIGURES if figure.selected is None))
@@ -37,7 +37,7 @@ class Settings:
     rounds: int = _setting(5, "Alternating timing rounds (P1, P3, P4).", quick=1,
                            used_by=("P1", "P3", "P4", "P6", "oneDNN"))
     warmup_steps: int = _setting(1, "Untimed steps after the first call, before timing.", quick=0,
-                                 used_by=("P1", "P2", "P3", "P4", "P6", "P7", "P8", "oneDNN"))
+                                 used_by=("P1", "P2", "P3", "P4", "P6", "P7", "P8", "P13", "oneDNN"))
     steps_per_round: int = _setting(2, "Steps timed per round (P1, P3, P4, P7).", quick=1,
                                     used_by=("P1", "P3", "P6", "P7", "oneDNN"))
     resnet_batch_size: int = _setting(8, "Batch of the ResNet-50 figures (P1, P3, P6).", quick=2,
@@ -101,6 +101,16 @@ class Settings:
                                             quick=2, used_by=("P12",))
     fashion_rounds: int = _setting(2, "Alternating runs of P12 per side (normzoo, model.fit).", quick=1,
                                    used_by=("P12",))
+    bandwidth_batch_size: int = _setting(32, "Batch of P13's tensor (a ResNet-50 stage: 32 x 56 x 56 x 64).",
+                                         quick=2, used_by=("P13",))
+    bandwidth_image_size: int = _setting(56, "Height and width of P13's tensor.", quick=8, used_by=("P13",))
+    bandwidth_channels: int = _setting(64, "Channels of P13's tensor.", quick=8, used_by=("P13",))
+    bandwidth_modes: tuple = _setting(
+        tuple(p13_batch_norm_bandwidth.MODES),
+        "Modes of P13: " + "; ".join(f"{mode}: {text}" for mode, (_, text) in p13_batch_norm_bandwidth.MODES.items())
+        + ".", quick=("graph", "xla", "jax", "torch"), used_by=("P13",))
+    bandwidth_rounds: int = _setting(21, "Alternating timing rounds of P13.", quick=1, used_by=("P13",))
+    bandwidth_steps_per_round: int = _setting(5, "Steps timed per round in P13.", quick=1, used_by=("P13",))
     compare_onednn: bool = _setting(True, "Also time ResNet-50 training with TF_ENABLE_ONEDNN_OPTS=0 and =1.",
                                     quick=False)
     onednn_rounds: int = _setting(2, "Subprocesses per TF_ENABLE_ONEDNN_OPTS value.", used_by=("oneDNN",))
@@ -125,6 +135,10 @@ class Settings:
         for case in self.layers_cases:
             if case not in p2_batch_norm.CASES:
                 raise ValueError(f"layers_cases: unknown {case!r}; choose from {', '.join(p2_batch_norm.CASES)}.")
+        for mode in self.bandwidth_modes:
+            if mode not in p13_batch_norm_bandwidth.MODES:
+                raise ValueError(f"bandwidth_modes: unknown mode {mode!r}; choose from "
+                                 f"{', '.join(p13_batch_norm_bandwidth.MODES)}.")
         for depth in self.wrn_depths:
             if not depth.isdigit() or int(depth) < 10 or (int(depth) - 4) % 6:
                 raise ValueError(f"wrn_depths: {depth!r} is not a WRN depth n = 6N + 4 (10, 16, 22, ...).")
