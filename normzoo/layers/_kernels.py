@@ -12,7 +12,7 @@ backend and are imported only where that backend runs:
   `tf.distribute` strategy; the replica average of the moving statistics.
 - JAX: the same closed form, its sums written for XLA, which compiles
   every JAX op. Under jax.jit its gradient follows the float64 textbook
-  formula at mean 1e4, std 1e-2 (tests/jax/test_layers.py); benchmarks
+  formula at mean 1e4, std 1e-2 (tests/backend_suite/layers.py); benchmarks
   P10 and P13 compare its training step with Keras' own
   BatchNormalization under JAX.
 - PyTorch: the composed formula (`composed_training`), which PyTorch

@@ -1,117 +1,23 @@
-"""normzoo.bn under Keras' JAX backend: audit, convert, freeze,
-recalibrate (from a NumPy array and from a generator) and fold, against
+"""normzoo.bn under Keras' JAX backend: audit, convert, freeze (through
+`fit(jit_compile=True)`), recalibrate (from a NumPy array and from a
+generator) and fold (its `predict` compiled with `jax.jit`), against
 Keras' own layer, NumPy statistics over the data and the original model's
-outputs."""
+outputs.
+
+The tests are shared with PyTorch (tests/backend_suite/bn.py); this file
+runs them on JAX."""
 
 import keras
-import numpy as np
 import pytest
 
-from normzoo import bn, layers, models
+from tests.backend_suite.bn import *  # noqa: F403 - the shared tests, collected here
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="run with KERAS_BACKEND=jax (tests/test_backends.py)"
 )
 
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-
-def tiny(seed=0):
-    keras.utils.set_random_seed(seed)
-    return models.build("resnet18", input_shape=(16, 16, 3), num_classes=3, width=4)
-
-
-def data(count, shape=(16, 16, 3), seed=0):
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal((count, *shape)) + np.arange(shape[-1])).astype("float32")
-
-
-def batch_norms(model):
-    return [layer for layer in model.layers if isinstance(layer, layers.BatchNorm)]
-
-
-def test_audit_names_every_batch_norm_of_an_untrained_model():
-    model = tiny()
-    problems = bn.audit(model)
-    assert [p.layer for p in problems] == [layer.name for layer in batch_norms(model)]
-    assert {p.problem for p in problems} == {"uninitialized"}
-
-
-def test_convert_computes_what_keras_batch_normalization_computes():
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((6, 6, 3))
-    x = keras.layers.Conv2D(4, 3)(inputs)
-    original = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.5)(x))
-    norm = original.layers[-1]
-    rng = np.random.default_rng(2)
-    for variable in norm.weights:
-        variable.assign(rng.uniform(0.5, 2.0, variable.shape).astype("float32"))
-    converted = bn.convert(original)
-    assert isinstance(converted.layers[-1], layers.BatchNorm)
-    images = data(4, shape=(6, 6, 3))
-    for training in (False, True):
-        np.testing.assert_allclose(
-            np.asarray(converted(images, training=training)),
-            np.asarray(original(images, training=training)),
-            rtol=1e-5, atol=1e-5, err_msg=f"training={training}",
-        )
-    # One training call moved both layers' statistics the same way.
-    for ours, theirs in zip(converted.layers[-1].non_trainable_variables, norm.non_trainable_variables):
-        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)
-
-
-def normalize_then_convolve():
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((4, 4, 3))
-    x = layers.BatchNorm(name="first")(inputs)
-    x = keras.layers.Conv2D(2, 3)(x)
-    return keras.Model(inputs, layers.BatchNorm(name="second")(x))
-
-
-@pytest.mark.parametrize("kind", ["array", "generator"])
-def test_recalibrate_sets_the_statistics_of_the_whole_dataset(kind):
-    """The first BatchNorm sees the data itself: its population mean and
-    variance over all 11 examples (batches of 4, 4, 3)."""
-    model = normalize_then_convolve()
-    values = data(11, shape=(4, 4, 3))
-    kernels = [v.numpy().copy() for v in model.trainable_variables]
-    if kind == "array":
-        examples = bn.recalibrate(model, values, batch_size=4)
-    else:
-        examples = bn.recalibrate(model, (values[i : i + 4] for i in range(0, 11, 4)))
-    assert examples == 11
-    first = model.get_layer("first")
-    x64 = values.astype(np.float64)
-    np.testing.assert_allclose(first.moving_mean.numpy(), x64.mean((0, 1, 2)), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(first.moving_variance.numpy(), x64.var((0, 1, 2)), rtol=1e-5)
-    for before, after in zip(kernels, model.trainable_variables):
-        np.testing.assert_array_equal(after.numpy(), before)
-
-
-def test_freeze_keeps_statistics_through_jit_fit_while_gamma_and_beta_learn():
-    model = tiny()
-    statistics = {v.path: v.numpy().copy() for v in model.non_trainable_variables}
-    affine = {v.path: v.numpy().copy() for v in model.trainable_variables if v.path.endswith(("gamma", "beta"))}
-    frozen = bn.freeze(model)
-    assert frozen == [layer.name for layer in batch_norms(model)]
-    model.compile(keras.optimizers.SGD(0.1), LOSS, jit_compile=True)
-    model.fit(data(8), np.arange(8) % 3, batch_size=4, epochs=1, verbose=0)
-    for variable in model.non_trainable_variables:
-        np.testing.assert_array_equal(variable.numpy(), statistics[variable.path], variable.path)
-    changed = [v.path for v in model.trainable_variables
-               if v.path in affine and not np.array_equal(v.numpy(), affine[v.path])]
-    assert len(changed) == len(affine)
-
-
-def test_fold_outputs_equal_the_original_model_under_jit():
-    model = tiny()
-    rng = np.random.default_rng(1)
-    for layer in batch_norms(model):
-        layer.moving_mean.assign(rng.normal(0, 0.2, layer.moving_mean.shape).astype("float32"))
-        layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape).astype("float32"))
-    folded = bn.fold(model)
-    assert not batch_norms(folded)
-    images = data(4)
-    expected = np.asarray(model(images, training=False))
-    got = np.asarray(keras.Model.predict(folded, images, verbose=0))  # predict compiles with jit
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+@pytest.fixture
+def jit_compile():
+    """`fit` compiles its step with XLA (`jax.jit`)."""
+    return True

@@ -1,6 +1,8 @@
 """The model zoo under Keras' JAX backend: `fit(jit_compile=True)` with each
-norm, and `.weights.h5` files that move between TensorFlow and JAX
-processes with equal outputs."""
+norm, equal to an eager `fit`; `.weights.h5` files that move between
+TensorFlow and JAX processes with equal outputs; and the TensorFlow-only
+checkpoints, training loop and input pipeline named as such (the small
+model and the test shared with PyTorch: tests/backend_suite/models.py)."""
 
 import importlib.util
 import textwrap
@@ -9,7 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-from normzoo import backends, checkpoints, models, naming
+from normzoo import backends, checkpoints, naming
+from tests.backend_suite.models import LOSS, assert_trained, batch, tiny_model, trained
+from tests.backend_suite.models import *  # noqa: F403 - the shared tests, collected here
 
 # A JAX-only install (normzoo[jax]) has no TensorFlow: the tests that need it
 # beside JAX (a TensorFlow process, or the TensorFlow-only packages imported
@@ -23,46 +27,16 @@ pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="run with KERAS_BACKEND=jax (tests/test_backends.py)"
 )
 
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def tiny_model(norm, seed=0):
-    keras.utils.set_random_seed(seed)
-    return models.build("wrn_10_1", norm=norm, num_classes=3, input_shape=(8, 8, 3))
-
-
-def batch(n=16, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 8, 8, 3)).astype("float32"), rng.integers(0, 3, n)
-
-
-def trained_weights(norm, jit_compile):
-    model = tiny_model(norm)
-    if norm == "skipinit":
-        # alpha = 0 cuts the residual branches off the loss; open them so
-        # that every variable trains.
-        for variable in model.variables:
-            if variable.path.endswith("alpha"):
-                variable.assign(0.5)
-    model.compile(keras.optimizers.SGD(0.05), LOSS, jit_compile=jit_compile)
-    images, labels = batch()
-    history = model.fit(images, labels, batch_size=8, epochs=3, shuffle=False, verbose=0)
-    return model, history.history["loss"]
-
-
 @pytest.mark.parametrize("norm", naming.NORMS)
 def test_fit_with_jit_compile_trains_each_norm_and_equals_eager_fit(norm):
     """Three epochs of `fit(jit_compile=True)` lower the loss and leave the
     weights (moving statistics included) of an eager `fit` on the same data
     (to float32 rounding): XLA changes nothing but speed."""
-    compiled, losses = trained_weights(norm, jit_compile=True)
-    eager, _ = trained_weights(norm, jit_compile=False)
-    assert losses[-1] < losses[0], losses
-    for a, b in zip(compiled.variables, eager.variables):
+    compiled, losses = trained(norm, jit_compile=True)
+    eager, _ = trained(norm, jit_compile=False)
+    assert_trained(norm, compiled, losses)
+    for a, b in zip(compiled.variables, eager.variables, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5, err_msg=a.path)
-    statistics = [v for v in compiled.non_trainable_variables if "moving_mean" in v.path]
-    assert bool(statistics) == (norm == "batch")
-    assert all(np.any(np.asarray(v) != 0) for v in statistics)
 
 
 # Run in a TensorFlow-backend process: build the same model, and either
@@ -121,12 +95,6 @@ def test_weights_files_move_between_tensorflow_and_jax_with_equal_outputs(tmp_pa
         rtol=1e-4,
         atol=1e-5,
     )
-
-
-def test_tensorflow_checkpoints_name_the_tensorflow_backend(tmp_path):
-    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
-    with pytest.raises(backends.BackendError, match="TensorFlow backend.*KERAS_BACKEND=tensorflow"):
-        checkpoints.restore(tiny_model("batch"), tmp_path)
 
 
 @needs_tensorflow

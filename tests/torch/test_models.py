@@ -3,7 +3,9 @@ norm, `fit` with each norm (eagerly, and compiled by `torch.compile` with
 `jit_compile=True`), `.weights.h5` and `.keras` files that move between
 TensorFlow, JAX and PyTorch processes with equal outputs, and restoring
 the formats that need no TensorFlow (Keras files, torchvision state dicts,
-shipped checkpoints by name)."""
+shipped checkpoints by name); and the TensorFlow-only checkpoints named
+as such (the small model and that test are shared with JAX:
+tests/backend_suite/models.py)."""
 
 import importlib.util
 import textwrap
@@ -13,7 +15,10 @@ import numpy as np
 import pytest
 
 import normzoo
-from normzoo import backends, checkpoints, layers, models, naming
+from normzoo import checkpoints, layers, models, naming
+from tests.backend_suite import numpy
+from tests.backend_suite.models import LOSS, assert_trained, batch, tiny_model, trained
+from tests.backend_suite.models import *  # noqa: F403 - the shared tests, collected here
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "torch", reason="run with KERAS_BACKEND=torch (tests/test_backends.py)"
@@ -24,26 +29,11 @@ needs = {
     for name in ("tensorflow", "jax", "torchvision")
 }
 
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-numpy = keras.ops.convert_to_numpy
-
-
 
 def small(name):
     """The overrides that make `name` small: width 4 where its family
     takes a width (every ResNet); the Wide-ResNets as they are."""
     return {} if name.startswith("wrn_") else {"width": 4}
-
-
-def tiny_model(norm, seed=0):
-    keras.utils.set_random_seed(seed)
-    return models.build("wrn_10_1", norm=norm, num_classes=3, input_shape=(8, 8, 3))
-
-
-def batch(n=16, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 8, 8, 3)).astype("float32"), rng.integers(0, 3, n)
 
 
 @pytest.mark.parametrize("norm", naming.NORMS)
@@ -65,27 +55,10 @@ def test_every_model_builds_and_runs_with_every_norm(name, norm):
     assert not kinds & {layers.BatchNorm, layers.LayerNorm, layers.SkipInit} - {expected}
 
 
-def trained(norm, jit_compile):
-    model = tiny_model(norm)
-    if norm == "skipinit":
-        # alpha = 0 cuts the residual branches off the loss; open them so
-        # that every variable trains.
-        for variable in model.variables:
-            if variable.path.endswith("alpha"):
-                variable.assign(0.5)
-    model.compile(keras.optimizers.SGD(0.05), LOSS, jit_compile=jit_compile)
-    images, labels = batch()
-    history = model.fit(images, labels, batch_size=8, epochs=3, shuffle=False, verbose=0)
-    return model, history.history["loss"]
-
-
 @pytest.mark.parametrize("norm", naming.NORMS)
 def test_fit_trains_each_norm(norm):
     model, losses = trained(norm, jit_compile=False)
-    assert losses[-1] < losses[0], losses
-    statistics = [v for v in model.non_trainable_variables if "moving_mean" in v.path]
-    assert bool(statistics) == (norm == "batch")
-    assert all(np.any(numpy(v) != 0) for v in statistics)
+    assert_trained(norm, model, losses)
 
 
 def every_norm_model():
@@ -229,9 +202,3 @@ def test_a_shipped_checkpoint_restores_by_name_as_keras_load_weights_reads_it():
         np.testing.assert_array_equal(numpy(variable), numpy(expected), err_msg=variable.path)
     images = np.random.default_rng(0).uniform(-1, 1, (2, *model.input_shape[1:])).astype("float32")
     np.testing.assert_array_equal(numpy(model(images)), numpy(reference(images)))
-
-
-def test_tensorflow_checkpoints_name_the_tensorflow_backend(tmp_path):
-    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
-    with pytest.raises(backends.BackendError, match="TensorFlow backend.*KERAS_BACKEND=tensorflow"):
-        checkpoints.restore(tiny_model("batch"), tmp_path)
