@@ -58,19 +58,7 @@ import json
 import os
 import sys
 
-# Before Keras is imported (normzoo imports it): Keras reads KERAS_BACKEND
-# then, and without it would start TensorFlow, which the GPU machine lacks.
-if os.environ.get("KERAS_BACKEND") not in ("jax", "torch"):
-    sys.exit(
-        "The GPU check runs under Keras' JAX or PyTorch backend: set KERAS_BACKEND=jax or "
-        f"KERAS_BACKEND=torch (KERAS_BACKEND is {os.environ.get('KERAS_BACKEND', '(unset)')!r})."
-    )
-
-from absl import app, flags  # noqa: E402
-
-from normzoo import backends  # noqa: E402
-from normzoo.commands import app as command_app  # noqa: E402
-from normzoo_lab import gpu_check  # noqa: E402
+from absl import app, flags
 
 _TINY = flags.DEFINE_boolean("tiny", False, "Tiny sizes (a minute or less on a CPU): the figures mean nothing.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON.", required=True)
@@ -78,6 +66,26 @@ _TORCH_COMPILE = flags.DEFINE_boolean(
     "torch_compile", False,
     "Under KERAS_BACKEND=torch, also time the batch-norm training step under torch.compile "
     "(optional: its error is recorded where it fails).")
+
+# Before Keras is imported (normzoo imports it): Keras reads KERAS_BACKEND
+# then, and without it would start TensorFlow, which the GPU machine lacks.
+# The flags are parsed first, so that --help (which exits in the parse) is
+# answered on any backend, and a flag error is reported below, as every
+# script reports it (normzoo.commands.app).
+if os.environ.get("KERAS_BACKEND") not in ("jax", "torch"):
+    try:
+        flags.FLAGS(sys.argv)
+    except flags.Error:
+        pass
+    else:
+        sys.exit(
+            "The GPU check runs under Keras' JAX or PyTorch backend: set KERAS_BACKEND=jax or "
+            f"KERAS_BACKEND=torch (KERAS_BACKEND is {os.environ.get('KERAS_BACKEND', '(unset)')!r})."
+        )
+
+from normzoo import backends  # noqa: E402
+from normzoo.commands import app as command_app  # noqa: E402
+from normzoo_lab import gpu_check  # noqa: E402
 
 
 def main(argv):
