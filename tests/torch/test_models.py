@@ -36,19 +36,30 @@ def small(name):
     return {} if name.startswith("wrn_") else {"width": 4}
 
 
-@pytest.mark.parametrize("norm", naming.NORMS)
-@pytest.mark.parametrize("name", models.names())
-def test_every_model_builds_and_runs_with_every_norm(name, norm):
+# Every model of the registry, each with one norm in turn, and one model per
+# block layout (CIFAR ResNet, v1 basic with the deep stem, v1 bottleneck, v2
+# pre-activation, Wide-ResNet) with every norm: every model and every norm,
+# in 41 builds rather than the 100 of every pair (minutes more on 2 cores).
+# ResNet-1202 gets BatchNorm: without normalization its 600 blocks overflow
+# float32 (the residual stream's variance doubles with each block), on
+# every backend.
+LAYOUTS = ("resnet20", "resnet18d", "resnet50", "resnet50v2", "wrn_10_1")
+_DEEPEST = "resnet1202"
+BUILDS = sorted(
+    {(name, naming.NORMS[i % len(naming.NORMS)])
+     for i, name in enumerate(n for n in models.names() if n != _DEEPEST)}
+    | {(_DEEPEST, "batch")}
+    | {(name, norm) for name in LAYOUTS for norm in naming.NORMS}
+)
+
+
+@pytest.mark.parametrize("name, norm", BUILDS)
+def test_every_model_builds_and_runs_and_every_norm_in_every_layout(name, norm):
     model = models.build(name, norm=norm, num_classes=3, input_shape=(16, 16, 3), **small(name))
     images = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
-    # Without normalization the residual stream's variance doubles with
-    # each block (Balduzzi et al.; what SkipInit's alpha = 0 prevents): the
-    # 600 blocks of ResNet-1202 overflow float32, on every backend.
-    overflows = norm == "none" and name == "resnet1202"
     for training in (True, False):
         outputs = numpy(model(images, training=training))
-        assert outputs.shape == (2, 3)
-        assert np.isfinite(outputs).all() != overflows, outputs
+        assert outputs.shape == (2, 3) and np.isfinite(outputs).all()
     kinds = {type(layer) for layer in model.layers}
     expected = {"batch": layers.BatchNorm, "layer": layers.LayerNorm, "skipinit": layers.SkipInit}.get(norm)
     assert expected is None or expected in kinds
