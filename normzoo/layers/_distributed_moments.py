@@ -25,8 +25,7 @@ replica their average to normalize with in inference.
 import tensorflow as tf
 
 from normzoo import _tf_internals
-from normzoo.layers._fused import selected_only
-from normzoo.layers._statistics import corrected, shifted_moments
+from normzoo.layers._statistics import corrected, selected_only, shifted_moments
 
 
 def sync_replica_context():

@@ -19,8 +19,7 @@ import contextlib
 import tensorflow as tf
 
 from normzoo import _tf_internals, runtime
-# selected_only: for _distributed_moments, whose gradient masks the same way.
-from normzoo.layers._statistics import closed_form_training, selected_only  # noqa: F401
+from normzoo.layers._statistics import closed_form_training
 
 DATA_FORMATS = {3: "NHWC", 1: "NCHW"}
 
